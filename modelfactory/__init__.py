@@ -1,0 +1,49 @@
+"""modelfactory: declarative, config-driven PyTorch models.
+
+Public API: :func:`build`, :func:`save`, :func:`load`, :func:`load_weights`,
+:func:`save_tensors`, :func:`load_tensors`, :func:`verify`, :func:`summary`,
+:func:`init_report`, and the errors in :mod:`modelfactory.errors`.
+
+Names are imported on first use so that ``import modelfactory`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "build": "factory",
+    "build_skeleton": "factory",
+    "summary": "summary",
+    "init_report": "init",
+    "save": "io",
+    "load": "io",
+    "load_weights": "io",
+    "save_tensors": "io",
+    "load_tensors": "io",
+    "verify": "io",
+    "ModelFactoryError": "errors",
+    "ConfigError": "errors",
+    "BuildError": "errors",
+    "TieError": "errors",
+    "DeviceError": "errors",
+    "CheckpointError": "errors",
+    "UntrustedTargetError": "errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'modelfactory' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,142 @@
+"""Resolving ``_target_`` strings to callables, and checking arguments against signatures."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+
+class TargetNotFound(Exception):
+    """Raised by :func:`locate` with a message naming what is missing."""
+
+
+@lru_cache(maxsize=4096)
+def locate(dotted: str) -> Any:
+    """Import ``a.b.C`` (module ``a.b``, attribute ``C``) with helpful messages on failure."""
+    if not dotted or not isinstance(dotted, str) or any(not p for p in dotted.split(".")):
+        raise TargetNotFound(f"{dotted!r} is not a dotted path such as 'torch.nn.Linear'")
+    parts = dotted.split(".")
+    obj: Any = None
+    module_len = 0
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError as e:
+            # A missing submodule is expected while probing; a broken import inside an existing
+            # module is a real error the user must see.
+            if e.name is None or not ".".join(parts[:i]).startswith(e.name):
+                raise TargetNotFound(f"importing {'.'.join(parts[:i])!r} failed: {e}") from e
+            continue
+        except Exception as e:
+            raise TargetNotFound(f"importing {'.'.join(parts[:i])!r} failed: {e}") from e
+        module_len = i
+        break
+    if module_len == 0:
+        raise TargetNotFound(f"no module named {parts[0]!r}")
+    for j in range(module_len, len(parts)):
+        name = parts[j]
+        if not hasattr(obj, name):
+            where = ".".join(parts[:j])
+            hint = _close(name, [n for n in dir(obj) if not n.startswith("_")])
+            did = f"; did you mean {where}.{hint}?" if hint else ""
+            raise TargetNotFound(f"{where!r} has no attribute {name!r}{did}")
+        obj = getattr(obj, name)
+    return obj
+
+
+def _close(name: str, options: list[str]) -> str | None:
+    """The option closest to ``name``, ignoring case (``Relu`` -> ``ReLU``)."""
+    lower = {o.lower(): o for o in options}
+    hit = difflib.get_close_matches(name.lower(), list(lower), n=1)
+    return lower[hit[0]] if hit else None
+
+
+def qualified_name(obj: Any) -> str:
+    """``module.QualName`` of a class or function (stable across import aliases)."""
+    module = getattr(obj, "__module__", None) or ""
+    qual = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or repr(obj)
+    return f"{module}.{qual}" if module else qual
+
+
+class Signature:
+    """What a callable accepts, computed once per callable."""
+
+    __slots__ = ("accepts_var_kw", "max_positional", "names", "positional", "required")
+
+    def __init__(self, sig: inspect.Signature | None) -> None:
+        self.names: tuple[str, ...] = ()
+        self.required: tuple[str, ...] = ()
+        self.positional: tuple[str, ...] = ()
+        self.accepts_var_kw = sig is None
+        self.max_positional: float = float("inf") if sig is None else 0
+        if sig is None:
+            return
+        names, required, positional = [], [], []
+        var_pos = False
+        for p in sig.parameters.values():
+            if p.kind is p.VAR_KEYWORD:
+                self.accepts_var_kw = True
+            elif p.kind is p.VAR_POSITIONAL:
+                var_pos = True
+            else:
+                if p.kind is not p.POSITIONAL_ONLY:
+                    names.append(p.name)
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                    positional.append(p.name)
+                if p.default is p.empty:
+                    required.append(p.name)
+        self.names, self.required, self.positional = (
+            tuple(names),
+            tuple(required),
+            tuple(positional),
+        )
+        self.max_positional = float("inf") if var_pos else len(positional)
+
+    def problems(
+        self, what: str, n_args: int, kwargs: set[str], partial: bool
+    ) -> list[tuple[str, str]]:
+        """``(key, message)`` for each argument that does not fit; key ``""`` means the node."""
+        out = []
+        if n_args > self.max_positional:
+            out.append(
+                (
+                    "_args_",
+                    f"{what} takes at most {self.max_positional} positional arguments, "
+                    f"got {n_args}",
+                )
+            )
+        if not self.accepts_var_kw:
+            for k in sorted(kwargs - set(self.names)):
+                hint = _close(k, list(self.names))
+                did = f" (did you mean {hint!r}?)" if hint else ""
+                out.append(
+                    (
+                        k,
+                        f"unexpected keyword for {what}{did}; expected one of "
+                        + ", ".join(self.names),
+                    )
+                )
+        if not partial:
+            given = set(self.positional[:n_args]) | kwargs
+            for r in self.required:
+                if r not in given:
+                    out.append((r, f"missing required argument for {what}"))
+        return out
+
+
+@lru_cache(maxsize=4096)
+def signature_of(fn: Callable[..., Any]) -> Signature:
+    try:
+        return Signature(inspect.signature(fn))
+    except (TypeError, ValueError):  # builtins without a signature: accept anything
+        return Signature(None)
+
+
+@lru_cache(maxsize=4096)
+def accepts(fn: Callable[..., Any], name: str) -> bool:
+    sig = signature_of(fn)
+    return sig.accepts_var_kw or name in sig.names

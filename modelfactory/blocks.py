@@ -1,0 +1,125 @@
+"""Composition blocks: plain ``nn.Module``s that receive built children.
+
+None of them knows about configs; modelfactory's factory builds their
+children and passes them in, exactly as you would in Python::
+
+    Sequential({"hidden": nn.Linear(20, 256), "act": nn.ReLU()})
+    Repeat(4, lambda i: nn.Linear(8, 8))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["Parallel", "Repeat", "Residual", "Sequential"]
+
+
+def _named(
+    children: Sequence[nn.Module] | Mapping[str, nn.Module], what: str
+) -> dict[str, nn.Module]:
+    if isinstance(children, Mapping):
+        named = {str(k): v for k, v in children.items()}
+    elif isinstance(children, Sequence) and not isinstance(children, str):
+        named = {str(i): v for i, v in enumerate(children)}
+    else:
+        raise TypeError(
+            f"{what} must be a list or a mapping of modules, got {type(children).__name__}"
+        )
+    if not named:
+        raise ValueError(f"{what} is empty; give at least one block")
+    for name, child in named.items():
+        if not isinstance(child, nn.Module):
+            raise TypeError(f"{what}[{name!r}] is a {type(child).__name__}, not an nn.Module")
+        if "." in name or not name:
+            raise ValueError(f"{what} child name {name!r} must be non-empty and contain no '.'")
+    return named
+
+
+class Sequential(nn.Sequential):
+    """Children in order; a mapping's keys become the children's names.
+
+    Args:
+        layers: a list of modules (named ``0``, ``1``, ...) or a mapping name -> module.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module] | Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        for name, child in _named(layers, "layers").items():
+            self.add_module(name, child)
+
+
+class Repeat(nn.Sequential):
+    """``n`` independent copies of a block, run in sequence.
+
+    Args:
+        n: how many copies.
+        block: a callable ``block(i) -> nn.Module`` called once per copy, so each copy has
+            its own parameters. From a config, modelfactory passes a factory that builds the
+            ``block`` node afresh (and independently seeded) for every ``i``.
+        name: the child name of copy ``i``, a format string with ``{i}``.
+    """
+
+    _mf_factories = ("block",)  # modelfactory passes this argument as a per-copy factory
+
+    def __init__(self, n: int, block: Callable[[int], nn.Module], name: str = "{i}") -> None:
+        super().__init__()
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        if isinstance(block, nn.Module) or not callable(block):
+            raise TypeError(
+                "block must be a callable returning a fresh module per copy "
+                "(e.g. lambda i: nn.Linear(8, 8)); a single module would be shared, not repeated"
+            )
+        if "{i}" not in name:
+            raise ValueError(
+                f"name must contain '{{i}}' so copies get distinct names, got {name!r}"
+            )
+        for i in range(n):
+            child = block(i)
+            if not isinstance(child, nn.Module):
+                raise TypeError(f"block({i}) returned a {type(child).__name__}, not an nn.Module")
+            self.add_module(name.format(i=i), child)
+
+
+class Parallel(nn.Module):
+    """Every branch on the same input; outputs combined by ``cat`` (along ``dim``) or ``sum``."""
+
+    def __init__(
+        self,
+        branches: Sequence[nn.Module] | Mapping[str, nn.Module],
+        combine: str = "cat",
+        dim: int = -1,
+    ) -> None:
+        super().__init__()
+        if combine not in ("cat", "sum"):
+            raise ValueError(f"combine must be 'cat' or 'sum', got {combine!r}")
+        self.combine, self.dim = combine, dim
+        self.branches = nn.ModuleDict(_named(branches, "branches"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [branch(x) for branch in self.branches.values()]
+        if self.combine == "cat":
+            return torch.cat(outs, dim=self.dim)
+        total = outs[0]
+        for o in outs[1:]:
+            total = total + o
+        return total
+
+    def extra_repr(self) -> str:
+        return f"combine={self.combine!r}, dim={self.dim}"
+
+
+class Residual(nn.Module):
+    """``x + body(x)``."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(body, nn.Module):
+            raise TypeError(f"body must be an nn.Module, got {type(body).__name__}")
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)

@@ -1,0 +1,65 @@
+"""The one error hierarchy of modelfactory.
+
+Every error names where the problem is (a config path such as
+``model.layers.2.out_features`` or a file) and what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class ModelFactoryError(Exception):
+    """Base class of every error modelfactory raises on bad input."""
+
+
+class ConfigError(ModelFactoryError, ValueError):
+    """A config is not well-formed; ``problems`` lists ``(path, message)`` pairs."""
+
+    def __init__(self, problems: Iterable[tuple[str, str]], header: str | None = None) -> None:
+        self.problems = list(problems)
+        if header is None:
+            header = (
+                "Config is not well-formed:"
+                if len(self.problems) == 1
+                else f"Config is not well-formed, found {len(self.problems)} problems:"
+            )
+        lines = [header] + [f"  {path or '<root>'}: {msg}" for path, msg in self.problems]
+        super().__init__("\n".join(lines))
+
+    @property
+    def paths(self) -> list[str]:
+        return [path for path, _ in self.problems]
+
+
+class BuildError(ModelFactoryError, RuntimeError):
+    """Constructing or running a block failed; names the config path that built it."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}")
+
+
+class TieError(ConfigError):
+    """A ``tie`` group cannot be applied (unknown path, shape or dtype mismatch)."""
+
+
+class DeviceError(ConfigError):
+    """A requested device does not exist or cannot hold the model."""
+
+
+class CheckpointError(ModelFactoryError, OSError):
+    """A checkpoint file is missing, corrupt, incompatible or does not match the model."""
+
+    def __init__(self, file: object, message: str) -> None:
+        self.file = str(file)
+        super().__init__(f"{self.file}: {message}")
+
+
+class UntrustedTargetError(CheckpointError):
+    """A checkpoint's config names a ``_target_`` outside the trusted prefixes."""
+
+
+def path_join(base: str, key: object) -> str:
+    """Join a config path and a key the way error messages show it."""
+    return f"{base}.{key}" if base else str(key)

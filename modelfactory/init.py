@@ -1,0 +1,238 @@
+"""Initializer rules (the ``init`` group), D2L's custom init, and the init report.
+
+A rule selects parameters by ``params`` (an ``fnmatch`` glob over the full dotted
+name; ``*`` crosses dots) and/or ``modules`` (class names, matched against the
+module's class and its bases), and names ``fn``: a ``torch.nn.init`` function or
+any callable ``f(tensor, **kwargs, generator=...)``. Later rules win. Each
+parameter's generator is seeded from its module's stream key, so its values do
+not depend on the rest of the model.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parameter import is_lazy
+
+from ._construct import Built, mix, seeded_generator
+from ._spec import Node, _parse_node
+from ._targets import accepts
+from .errors import BuildError, ConfigError, path_join
+
+__all__ = ["Rule", "apply_rules", "d2l_mixture_", "init_report", "parse_rules"]
+
+_RULE_KEYS = ("params", "modules", "fn", "optional")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One parsed init rule."""
+
+    path: str
+    params: tuple[str, ...]
+    modules: frozenset[str]
+    fn: Callable[..., Any]
+    kwargs: dict[str, Any]
+    optional: bool
+
+    def selects(self, name: str, owner: nn.Module) -> bool:
+        if self.params and not any(fnmatchcase(name, p) for p in self.params):
+            return False
+        return not self.modules or not self.modules.isdisjoint(_class_names(type(owner)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _class_names(cls: type) -> frozenset[str]:
+    return frozenset(c.__name__ for c in cls.__mro__)
+
+
+def _str_list(v: Any, path: str, problems: list[tuple[str, str]]) -> tuple[str, ...]:
+    if v is None:
+        return ()
+    if isinstance(v, str):
+        return (v,)
+    if isinstance(v, list) and all(isinstance(x, str) for x in v):
+        return tuple(v)
+    problems.append((path, f"expected a string or a list of strings, got {v!r}"))
+    return ()
+
+
+def parse_rules(
+    rules: list[Any], problems: list[tuple[str, str]], base: str = "init.rules"
+) -> list[Rule]:
+    """Validate ``init.rules`` (appending problems) and return the rules that are well-formed."""
+    out = []
+    for i, rule in enumerate(rules):
+        path = f"{base}.{i}"
+        if not isinstance(rule, dict):
+            problems.append(
+                (path, f"expected a mapping with keys {', '.join(_RULE_KEYS)}, got {rule!r}")
+            )
+            continue
+        for k in rule:
+            if k not in _RULE_KEYS:
+                problems.append(
+                    (path_join(path, k), f"unknown key; expected one of {', '.join(_RULE_KEYS)}")
+                )
+        params = _str_list(rule.get("params"), path_join(path, "params"), problems)
+        modules = _str_list(rule.get("modules"), path_join(path, "modules"), problems)
+        if not params and not modules:
+            problems.append((path, "a rule needs 'params' (a glob) and/or 'modules' (class names)"))
+        fn = rule.get("fn")
+        if not isinstance(fn, dict) or "_target_" not in fn:
+            problems.append(
+                (
+                    path_join(path, "fn"),
+                    f"expected a node with '_target_' naming an init function, got {fn!r}",
+                )
+            )
+            continue
+        n_before = len(problems)
+        node: Node = _parse_node(fn, path_join(path, "fn"), "", problems, 0, partial=True)
+        optional = rule.get("optional", False)
+        if not isinstance(optional, bool):
+            problems.append(
+                (path_join(path, "optional"), f"expected true or false, got {optional!r}")
+            )
+        if len(problems) == n_before and not node.dynamic:
+            out.append(
+                Rule(
+                    path, params, frozenset(modules), node.target, dict(node.kwargs), bool(optional)
+                )
+            )
+    return out
+
+
+def module_keys(model: nn.Module, records: Iterable[Built], root: int) -> dict[int, int]:
+    """Stream key of every module: the key its node was built under, or derived from its
+    nearest built ancestor and its name for modules a constructor made itself."""
+    built = {id(r.module): r.key for r in records}
+    keys: dict[int, int] = {}
+
+    def walk(module: nn.Module, key: int) -> None:
+        key = built.get(id(module), key)
+        if id(module) in keys:
+            return
+        keys[id(module)] = key
+        for name, child in module.named_children():
+            walk(child, mix(key, f"sub/{name}"))
+
+    walk(model, root)
+    return keys
+
+
+def apply_rules(model: nn.Module, rules: list[Rule], keys: dict[int, int]) -> None:
+    """Apply ``rules`` in place; raises if a non-optional rule selects nothing."""
+    if not rules:
+        return
+    chosen: dict[int, tuple[Rule, str, str, nn.Module, nn.Parameter]] = {}
+    hits = [0] * len(rules)
+    for mname, module in model.named_modules():
+        for pname, param in module.named_parameters(recurse=False):
+            full = f"{mname}.{pname}" if mname else pname
+            winner = None
+            for i, rule in enumerate(rules):
+                if rule.selects(full, module):
+                    hits[i] += 1
+                    winner = rule  # later rules win
+            if winner is not None and id(param) not in chosen:
+                chosen[id(param)] = (winner, full, pname, module, param)
+    unmatched = [
+        (
+            r.path,
+            f"matched no parameter (params={list(r.params)}, modules={sorted(r.modules)}); "
+            "fix the pattern or mark the rule 'optional: true'",
+        )
+        for r, n in zip(rules, hits, strict=True)
+        if n == 0 and not r.optional
+    ]
+    if unmatched:
+        raise ConfigError(unmatched)
+    with torch.no_grad():
+        for rule, full, pname, module, param in chosen.values():
+            if is_lazy(param):
+                raise ConfigError(
+                    [
+                        (
+                            rule.path,
+                            f"parameter {full!r} is not materialized yet (lazy layer); "
+                            "set input_shape so the model is materialized before init",
+                        )
+                    ]
+                )
+            if param.device.type == "meta":
+                continue
+            kwargs = rule.kwargs
+            if accepts(rule.fn, "generator"):
+                gen = seeded_generator(mix(keys[id(module)], f"init/{pname}"), param.device)
+                kwargs = {**kwargs, "generator": gen}
+            try:
+                rule.fn(param, **kwargs)
+            except Exception as e:
+                raise BuildError(
+                    path_join(rule.path, "fn"),
+                    f"failed on parameter {full!r}: {type(e).__name__}: {e}",
+                ) from e
+
+
+def d2l_mixture_(
+    tensor: torch.Tensor,
+    low: float = 5.0,
+    high: float = 10.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """D2L's custom init: U(low, high) w.p. 1/4, 0 w.p. 1/2, U(-high, -low) w.p. 1/4.
+
+    Draws U(-high, high) and zeroes every value with ``|w| < low``.
+    """
+    with torch.no_grad():
+        tensor.uniform_(-high, high, generator=generator)
+        tensor.mul_(tensor.abs() >= low)
+    return tensor
+
+
+@torch.no_grad()
+def init_report(model: nn.Module, sample: torch.Tensor) -> dict[str, Any]:
+    """Per-layer weight statistics and the activation std through depth for ``sample``.
+
+    Returns ``{"weights": [{name, shape, mean, std}], "activations": [{depth, name, std}]}``:
+    weights of every parameter, activations at the output of every leaf module in the
+    order the forward pass reaches them.
+    """
+    weights = [
+        {
+            "name": n,
+            "shape": list(p.shape),
+            "mean": p.float().mean().item(),
+            "std": p.float().std().item() if p.numel() > 1 else 0.0,
+        }
+        for n, p in model.named_parameters()
+    ]
+    acts: list[dict[str, Any]] = []
+    names = {id(m): n for n, m in model.named_modules()}
+    handles = []
+
+    def hook(mod: nn.Module, _inp: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel() > 1:
+            acts.append(
+                {"depth": len(acts), "name": names[id(mod)], "std": out.float().std().item()}
+            )
+
+    for m in model.modules():
+        if not list(m.children()):
+            handles.append(m.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        model(sample)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return {"weights": weights, "activations": acts}
