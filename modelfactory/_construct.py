@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +25,7 @@ ROOT = "model"
 
 def mix(key: int, text: str) -> int:
     """Derive a child stream key (64 bits) from a parent key and a component."""
-    data = f"{key:x}/{text}".encode()
+    data = key.to_bytes(8, "little") + text.encode()
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
@@ -34,7 +33,7 @@ def root_key(seed: int) -> int:
     return mix(0, f"seed={int(seed)}")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Built:
     """One module a config node built: which node, and the stream key it was built under."""
 
@@ -52,6 +51,10 @@ class Context:
     node_devices: dict[int, torch.device] = field(default_factory=dict)  # key -> device
     substitutions: dict[int, Node] = field(default_factory=dict)  # key -> eager twin of a lazy node
     records: list[Built] = field(default_factory=list)
+    default_gen: torch.Generator | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.default_gen = self.generator(self.device)
 
     def generator(self, device: torch.device) -> torch.Generator | None:
         if not self.seed_streams or device.type == "meta":
@@ -71,10 +74,12 @@ def construct(node: Node, key: int, ctx: Context) -> Any:
 
 def _build_node(node: Node, parent_key: int, ctx: Context, device: torch.device) -> Any:
     key = mix(parent_key, node.component)
-    dev = ctx.node_devices.get(key, device) if ctx.node_devices else device
-    if ctx.substitutions and key in ctx.substitutions:
-        node = ctx.substitutions[key]
-        key = mix(parent_key, node.component)
+    dev = device
+    if ctx.node_devices or ctx.substitutions:
+        dev = ctx.node_devices.get(key, device)
+        if key in ctx.substitutions:
+            node = ctx.substitutions[key]
+            key = mix(parent_key, node.component)
     if node.dynamic:
         args = [_build_value(a, key, ctx, dev) for a in node.args]
         kwargs = {}
@@ -83,17 +88,24 @@ def _build_node(node: Node, parent_key: int, ctx: Context, device: torch.device)
                 kwargs[name] = _factory(v, key, ctx, dev)
             else:
                 kwargs[name] = _build_value(v, key, ctx, dev)
-    else:
+    elif node.mutable:
         args = [_fresh(a) for a in node.args]
         kwargs = {k: _fresh(v) for k, v in node.kwargs.items()}
+    else:
+        args, kwargs = node.args, node.kwargs  # immutable scalars: safe to pass as they are
     if node.partial:
         return functools.partial(node.target, *args, **kwargs)
-    gen = ctx.generator(dev)
-    if gen is not None:
-        gen.manual_seed(key)
     try:
-        with torch.device(dev) if dev != ctx.device else nullcontext():
+        if dev is ctx.device:
+            if ctx.default_gen is not None:
+                ctx.default_gen.manual_seed(key)
             out = node.target(*args, **kwargs)
+        else:
+            gen = ctx.generator(dev)
+            if gen is not None:
+                gen.manual_seed(key)
+            with torch.device(dev):
+                out = node.target(*args, **kwargs)
     except ModelFactoryError:
         raise
     except Exception as e:
@@ -133,13 +145,6 @@ def _fresh(v: Any) -> Any:
     if type(v) is dict:
         return {k: _fresh(x) for k, x in v.items()}
     return v
-
-
-def seeded_generator(key: int, device: torch.device) -> torch.Generator:
-    """A fresh generator on ``device`` seeded from a stream key (for init rules)."""
-    gen = torch.Generator(device=device)
-    gen.manual_seed(key)
-    return gen
 
 
 class preserved_rng:

@@ -36,6 +36,7 @@ class Node:
     kwargs: dict[str, Any] = field(default_factory=dict)
     partial: bool = False
     dynamic: bool = False  # any argument holds a node (needs building)
+    mutable: bool = False  # any argument is a list or dict (copied per call)
     factories: tuple[str, ...] = ()  # kwargs passed as factories (built once per call)
     prefix: str = ""  # where the node hangs under its parent (kwarg or mapping key)
     ordinal: str = ""  # "#n" for list items: n-th sibling with the same settings
@@ -68,15 +69,13 @@ def _is_scalar(v: Any) -> bool:
 
 
 def own_digest(target_name: str, args: list[Any], kwargs: dict[str, Any]) -> str:
-    """A node's own settings: its target and every argument that is not a block."""
-    parts = [target_name]
-    parts += [_digest_value(a) for a in args if not isinstance(a, (Node, Raw))]
-    parts += [
-        f"{k}={_digest_value(v)}"
-        for k, v in sorted(kwargs.items())
-        if not isinstance(v, (Node, Raw)) and not _holds_node(v)
-    ]
-    return "(" + ",".join(parts) + ")"
+    """A node's own settings: its target and every argument that is not a block.
+
+    Must agree with the digest :func:`_parse_node` computes while parsing.
+    """
+    parts = [_digest_value(a) for a in args if not _holds_node(a)]
+    parts += [f"{k}={_digest_value(v)}" for k, v in kwargs.items() if not _holds_node(v)]
+    return f"({','.join(sorted(parts))};{target_name})"
 
 
 def _digest_value(v: Any) -> str:
@@ -105,77 +104,98 @@ def _parse_node(
     depth: int,
     partial: bool = False,
 ) -> Node:
-    target_path = path_join(path, "_target_")
     name = tree["_target_"]
-    target: Any = None
-    if not isinstance(name, str):
-        problems.append((target_path, f"expected a dotted import path string, got {_kind(name)}"))
-    else:
-        try:
-            target = locate(name)
-        except TargetNotFound as e:
-            problems.append((target_path, f"cannot resolve {name!r}: {e}"))
-        else:
-            if not callable(target):
-                problems.append((target_path, f"{name!r} is not callable"))
-                target = None
-    partial = bool(tree.get("_partial_", partial))
-    recursive = tree.get("_recursive_", True)
-    for k in ("_partial_", "_recursive_"):
-        if k in tree and not isinstance(tree[k], bool):
-            problems.append((path_join(path, k), f"expected true or false, got {_kind(tree[k])}"))
-
-    raw_args = tree.get("_args_", [])
-    if not isinstance(raw_args, list):
-        problems.append((path_join(path, "_args_"), f"expected a list, got {_kind(raw_args)}"))
-        raw_args = []
-    kw_items = [(k, v) for k, v in tree.items() if not (isinstance(k, str) and k in _HYDRA_KEYS)]
-    for k, _ in kw_items:
-        if not isinstance(k, str) or not k.isidentifier():
-            problems.append((path_join(path, k), "argument names must be Python identifiers"))
-        elif k.startswith("_") and k.endswith("_"):
-            problems.append(
-                (path_join(path, k), f"unknown special key; expected one of {sorted(_HYDRA_KEYS)}")
-            )
-    factories: tuple[str, ...] = tuple(getattr(target, "_mf_factories", ()))
-    if target is not None:
-        sig = signature_of(target)
-        for key, msg in sig.problems(name, len(raw_args), {k for k, _ in kw_items}, partial):
-            problems.append((path_join(path, key), msg))
-
+    target = _resolve(name, path, problems)
+    if "_partial_" in tree or "_recursive_" in tree:
+        for k in ("_partial_", "_recursive_"):
+            if k in tree and not isinstance(tree[k], bool):
+                problems.append(
+                    (path_join(path, k), f"expected true or false, got {_kind(tree[k])}")
+                )
+        partial = tree.get("_partial_", partial) is True
+    parse_value = _parse_value if tree.get("_recursive_", True) is not False else _raw
     node = Node(path=path, target=target, target_name=name, component="", partial=partial)
     if depth > MAX_DEPTH:
         problems.append((path, f"config nests deeper than {MAX_DEPTH} levels"))
         return node
-    parse_value = _parse_value if recursive else _raw
-    siblings: dict[str, int] = {}
-    node.args = [
-        parse_value(v, path_join(path, f"_args_.{i}"), "_args_", problems, depth, siblings)
-        for i, v in enumerate(raw_args)
-    ]
-    node.kwargs = {
-        k: parse_value(v, path_join(path, k), k, problems, depth, None) for k, v in kw_items
-    }
-    for f in factories:
-        if f in node.kwargs and not isinstance(node.kwargs[f], Node):
+    digest = [qualified_name(target) if target is not None else str(name)]
+    dynamic = False
+    kwargs: dict[str, Any] = {}
+    for k, v in tree.items():
+        if k in _HYDRA_KEYS:
+            continue
+        if not isinstance(k, str) or not k.isidentifier():
+            problems.append((path_join(path, k), "argument names must be Python identifiers"))
+            continue
+        if k[0] == "_" and k[-1] == "_":
             problems.append(
-                (
-                    path_join(path, f),
-                    f"expected a block with '_target_', got {_kind(node.kwargs[f])}",
-                )
+                (path_join(path, k), f"unknown special key; expected one of {sorted(_HYDRA_KEYS)}")
             )
-    node.factories = tuple(f for f in factories if f in node.kwargs)
-    node.dynamic = any(_holds_node(v) for v in node.args) or any(
-        _holds_node(v) for v in node.kwargs.values()
-    )
-    digest = own_digest(qualified_name(target) if target else str(name), node.args, node.kwargs)
+            continue
+        if type(v) is dict or type(v) is list:
+            v, holds = parse_value(v, path_join(path, k), k, problems, depth, None)
+            dynamic = dynamic or holds
+            if not holds:
+                node.mutable = True
+                digest.append(f"{k}={_digest_value(v)}")
+        else:
+            digest.append(f"{k}={v!r}")
+        kwargs[k] = v
+    node.kwargs = kwargs
+    raw_args = tree.get("_args_", [])
+    if not isinstance(raw_args, list):
+        problems.append((path_join(path, "_args_"), f"expected a list, got {_kind(raw_args)}"))
+        raw_args = []
+    if raw_args:
+        siblings: dict[str, int] = {}
+        for i, v in enumerate(raw_args):
+            v, holds = parse_value(
+                v, path_join(path, f"_args_.{i}"), "_args_", problems, depth, siblings
+            )
+            dynamic = dynamic or holds
+            if not holds:
+                node.mutable = node.mutable or isinstance(v, (list, dict))
+                digest.append(_digest_value(v))
+            node.args.append(v)
+    if target is not None:
+        sig = signature_of(target)
+        for key, msg in sig.problems(name, len(raw_args), kwargs, partial):
+            problems.append((path_join(path, key), msg))
+        factories = getattr(target, "_mf_factories", ())
+        if factories:
+            for f in factories:
+                if f in kwargs and not isinstance(kwargs[f], Node):
+                    got = _kind(kwargs[f])
+                    problems.append(
+                        (path_join(path, f), f"expected a block with '_target_', got {got}")
+                    )
+            node.factories = tuple(f for f in factories if f in kwargs)
+    node.dynamic = dynamic
     node.prefix = component
-    node.component = f"{component}|{digest}"
+    node.component = f"{component}|({','.join(sorted(digest[1:]))};{digest[0]})"
     return node
 
 
-def _raw(v: Any, path: str, component: str, problems: list, depth: int, siblings: Any) -> Any:
-    return Raw(v) if isinstance(v, (dict, list)) else v
+def _resolve(name: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+    target_path = path_join(path, "_target_")
+    if not isinstance(name, str):
+        problems.append((target_path, f"expected a dotted import path string, got {_kind(name)}"))
+        return None
+    try:
+        target = locate(name)
+    except TargetNotFound as e:
+        problems.append((target_path, f"cannot resolve {name!r}: {e}"))
+        return None
+    if not callable(target):
+        problems.append((target_path, f"{name!r} is not callable"))
+        return None
+    return target
+
+
+def _raw(
+    v: Any, path: str, component: str, problems: list, depth: int, siblings: Any
+) -> tuple[Any, bool]:
+    return (Raw(v), True) if isinstance(v, (dict, list)) else (v, False)
 
 
 def _parse_value(
@@ -185,9 +205,12 @@ def _parse_value(
     problems: list[tuple[str, str]],
     depth: int,
     siblings: dict[str, int] | None,
-) -> Any:
-    """Parse one argument value; ``siblings`` counts identical list items for their ordinals."""
-    if isinstance(v, dict):
+) -> tuple[Any, bool]:
+    """Parse one argument value -> ``(value, holds a node)``.
+
+    ``siblings`` counts identical list items, for their ordinals.
+    """
+    if type(v) is dict:
         if "_target_" in v:
             node = _parse_node(v, path, component, problems, depth + 1)
             if siblings is not None:
@@ -197,15 +220,20 @@ def _parse_value(
                 siblings[node.component] = n + 1
                 node.ordinal = f"#{n}"
                 node.component += node.ordinal
-            return node
-        return {
-            k: _parse_value(x, path_join(path, k), f"{component}/{k}", problems, depth + 1, None)
-            for k, x in v.items()
-        }
-    if isinstance(v, list):
+            return node, True
+        out, holds = {}, False
+        for k, x in v.items():
+            out[k], h = _parse_value(
+                x, path_join(path, k), f"{component}/{k}", problems, depth + 1, None
+            )
+            holds = holds or h
+        return out, holds
+    if type(v) is list:
         inner: dict[str, int] = {}
-        return [
-            _parse_value(x, path_join(path, i), f"{component}", problems, depth + 1, inner)
-            for i, x in enumerate(v)
-        ]
-    return v
+        items, holds = [], False
+        for i, x in enumerate(v):
+            item, h = _parse_value(x, path_join(path, i), component, problems, depth + 1, inner)
+            items.append(item)
+            holds = holds or h
+        return items, holds
+    return v, False

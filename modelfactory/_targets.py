@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import lru_cache
 from typing import Any
 
@@ -55,6 +55,7 @@ def _close(name: str, options: list[str]) -> str | None:
     return lower[hit[0]] if hit else None
 
 
+@lru_cache(maxsize=4096)
 def qualified_name(obj: Any) -> str:
     """``module.QualName`` of a class or function (stable across import aliases)."""
     module = getattr(obj, "__module__", None) or ""
@@ -65,10 +66,11 @@ def qualified_name(obj: Any) -> str:
 class Signature:
     """What a callable accepts, computed once per callable."""
 
-    __slots__ = ("accepts_var_kw", "max_positional", "names", "positional", "required")
+    __slots__ = ("accepts_var_kw", "max_positional", "name_set", "names", "positional", "required")
 
     def __init__(self, sig: inspect.Signature | None) -> None:
         self.names: tuple[str, ...] = ()
+        self.name_set: frozenset[str] = frozenset()
         self.required: tuple[str, ...] = ()
         self.positional: tuple[str, ...] = ()
         self.accepts_var_kw = sig is None
@@ -97,9 +99,16 @@ class Signature:
         self.max_positional = float("inf") if var_pos else len(positional)
 
     def problems(
-        self, what: str, n_args: int, kwargs: set[str], partial: bool
+        self, what: str, n_args: int, kwargs: Collection[str], partial: bool
     ) -> list[tuple[str, str]]:
         """``(key, message)`` for each argument that does not fit; key ``""`` means the node."""
+        if (
+            n_args == 0
+            and (self.accepts_var_kw or self.name_set.issuperset(kwargs))
+            and (partial or all(r in kwargs for r in self.required))
+        ):
+            return []
+        kwargs = set(kwargs)
         out = []
         if n_args > self.max_positional:
             out.append(

@@ -168,7 +168,7 @@ def _run(bc: BuildConfig, plan: _Plan, *, init: bool) -> nn.Module:
             # Lazy layers with no eager twin (user-defined): one real run, seeded.
             torch.default_generator.manual_seed(mix(root_key(bc.seed), "lazy"))
             _forward(model, records, sample_input(bc, target), "materializing lazy layers")
-    if init:
+    if init and plan.rules:
         apply_rules(model, plan.rules, module_keys(model, records, root_key(bc.seed)))
     ties = resolve_groups(model, bc.tie_groups) if bc.tie_groups else []
     apply_ties(model, ties)

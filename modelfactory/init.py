@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-from ._construct import Built, mix, seeded_generator
+from ._construct import Built, mix
 from ._spec import Node, _parse_node
 from ._targets import accepts
 from .errors import BuildError, ConfigError, path_join
@@ -42,9 +42,9 @@ class Rule:
     optional: bool
 
     def selects(self, name: str, owner: nn.Module) -> bool:
-        if self.params and not any(fnmatchcase(name, p) for p in self.params):
+        if self.modules and self.modules.isdisjoint(_class_names(type(owner))):
             return False
-        return not self.modules or not self.modules.isdisjoint(_class_names(type(owner)))
+        return not self.params or any(fnmatchcase(name, p) for p in self.params)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -154,6 +154,7 @@ def apply_rules(model: nn.Module, rules: list[Rule], keys: dict[int, int]) -> No
     ]
     if unmatched:
         raise ConfigError(unmatched)
+    generators: dict[torch.device, torch.Generator] = {}  # one per device, re-seeded per tensor
     with torch.no_grad():
         for rule, full, pname, module, param in chosen.values():
             if is_lazy(param):
@@ -170,7 +171,10 @@ def apply_rules(model: nn.Module, rules: list[Rule], keys: dict[int, int]) -> No
                 continue
             kwargs = rule.kwargs
             if accepts(rule.fn, "generator"):
-                gen = seeded_generator(mix(keys[id(module)], f"init/{pname}"), param.device)
+                gen = generators.get(param.device)
+                if gen is None:
+                    gen = generators[param.device] = torch.Generator(device=param.device)
+                gen.manual_seed(mix(keys[id(module)], f"init/{pname}"))
                 kwargs = {**kwargs, "generator": gen}
             try:
                 rule.fn(param, **kwargs)
