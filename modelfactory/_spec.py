@@ -119,6 +119,9 @@ def _parse_node(
         problems.append((path, f"config nests deeper than {MAX_DEPTH} levels"))
         return node
     digest = [qualified_name(target) if target is not None else str(name)]
+    # Arguments a block declares as not part of its identity (Repeat's ``n``: growing a
+    # stack keeps the values of the copies it already had).
+    ignore = getattr(target, "_mf_stream_ignore", ())
     dynamic = False
     kwargs: dict[str, Any] = {}
     for k, v in tree.items():
@@ -138,7 +141,7 @@ def _parse_node(
             if not holds:
                 node.mutable = True
                 digest.append(f"{k}={_digest_value(v)}")
-        else:
+        elif k not in ignore:
             digest.append(f"{k}={v!r}")
         kwargs[k] = v
     node.kwargs = kwargs

@@ -63,6 +63,7 @@ class Repeat(nn.Sequential):
     """
 
     _mf_factories = ("block",)  # modelfactory passes this argument as a per-copy factory
+    _mf_stream_ignore = ("n",)  # copy i keeps its values whatever n is
 
     def __init__(self, n: int, block: Callable[[int], nn.Module], name: str = "{i}") -> None:
         super().__init__()

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from modelfactory.configs import compose
+
+
+def lin(i: int, o: int, **kw: Any) -> dict[str, Any]:
+    return {"_target_": "torch.nn.Linear", "in_features": i, "out_features": o, **kw}
+
+
+RELU = {"_target_": "torch.nn.ReLU"}
+
+
+def seq(*layers: Any, **named: Any) -> dict[str, Any]:
+    return {
+        "_target_": "modelfactory.blocks.Sequential",
+        "layers": list(layers) if layers else named,
+    }
+
+
+@pytest.fixture
+def mlp_cfg() -> dict[str, Any]:
+    return {"model": seq(lin(20, 256), RELU, lin(256, 10)), "input_shape": [2, 20]}
+
+
+@pytest.fixture
+def composed():
+    """compose(["model=...", ...]) over the shipped conf/ (the real config, as users get it)."""
+    return compose
+
+
+def frozen(cfg: Any) -> Any:
+    return copy.deepcopy(cfg)

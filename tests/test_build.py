@@ -1,0 +1,267 @@
+"""The recursive factory: blocks, validation, lazy layers, vanilla Hydra trees."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+from torch.nn.parameter import UninitializedParameter
+
+import modelfactory as mf
+from modelfactory.blocks import Parallel, Repeat, Residual, Sequential
+from modelfactory.errors import BuildError, ConfigError
+
+from .conftest import RELU, lin, seq
+
+
+def test_list_children_are_numbered_and_mapping_children_named():
+    listed = mf.build(seq(lin(20, 256), RELU, lin(256, 10)))
+    named = mf.build(seq(hidden=lin(20, 256), act=RELU, out=lin(256, 10)))
+    assert [n for n, _ in listed.named_parameters()] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert [n for n, _ in named.named_parameters()] == [
+        "hidden.weight",
+        "hidden.bias",
+        "out.weight",
+        "out.bias",
+    ]
+    assert isinstance(named.hidden, nn.Linear) and named.hidden.out_features == 256
+    assert named(torch.rand(2, 20)).shape == (2, 10)
+
+
+def test_repeat_makes_independent_copies_with_different_values():
+    m = mf.build(
+        {"_target_": "modelfactory.blocks.Repeat", "n": 3, "name": "b{i}", "block": lin(4, 4)}
+    )
+    assert [n for n, _ in m.named_children()] == ["b0", "b1", "b2"]
+    assert m.b0 is not m.b1 and m.b0.weight is not m.b1.weight
+    assert not torch.equal(m.b0.weight, m.b1.weight)
+    assert not torch.equal(m.b1.weight, m.b2.weight)
+    assert sum(p.numel() for p in m.parameters()) == 3 * (16 + 4)
+
+
+def test_repeat_in_python_takes_a_factory_not_a_module():
+    r = Repeat(2, lambda i: nn.Linear(3, 3))
+    assert r[0] is not r[1]
+    with pytest.raises(TypeError, match="callable returning a fresh module"):
+        Repeat(2, nn.Linear(3, 3))
+
+
+def test_vanilla_hydra_sequential_with_args_builds():
+    cfg = {"_target_": "torch.nn.Sequential", "_args_": [lin(4, 8), RELU, lin(8, 2)]}
+    m = mf.build(cfg)
+    assert isinstance(m, nn.Sequential) and isinstance(m[1], nn.ReLU)
+    assert m(torch.rand(5, 4)).shape == (5, 2)
+
+
+def test_partial_targets_become_functools_partial():
+    cfg = {"_target_": "modelfactory.blocks.Residual", "body": {"_target_": "torch.nn.Identity"}}
+    assert isinstance(mf.build(cfg), Residual)
+    from modelfactory._construct import Context, construct
+    from modelfactory._spec import parse
+
+    node = parse({"_target_": "torch.nn.init.normal_", "_partial_": True, "std": 0.5}, "x")
+    fn = construct(node, 0, Context(torch.device("cpu")))
+    assert isinstance(fn, functools.partial) and fn.keywords == {"std": 0.5}
+
+
+def test_parallel_concatenates_and_sums():
+    cat = mf.build({"_target_": "modelfactory.blocks.Parallel", "branches": [lin(4, 3), lin(4, 5)]})
+    assert isinstance(cat, Parallel) and cat(torch.rand(2, 4)).shape == (2, 8)
+    add = Parallel({"a": nn.Identity(), "b": nn.Identity()}, combine="sum")
+    x = torch.rand(2, 4)
+    assert torch.equal(add(x), 2 * x)
+
+
+def test_residual_adds_input():
+    r = Residual(nn.Identity())
+    x = torch.rand(3)
+    assert torch.equal(r(x), 2 * x)
+
+
+def test_lazy_model_from_input_shape_has_only_real_parameters():
+    cfg = {
+        "model": seq(
+            {"_target_": "torch.nn.LazyLinear", "out_features": 256},
+            RELU,
+            {"_target_": "torch.nn.LazyLinear", "out_features": 10},
+        ),
+        "input_shape": [2, 20],
+    }
+    m = mf.build(cfg)
+    params = dict(m.named_parameters())
+    assert not any(isinstance(p, UninitializedParameter) for p in params.values())
+    assert params["0.weight"].shape == (256, 20) and params["2.weight"].shape == (10, 256)
+    assert type(m[0]) is nn.Linear
+    assert torch.isfinite(m(torch.rand(2, 20))).all()
+
+
+def test_lazy_without_input_shape_stays_lazy_until_first_forward():
+    m = mf.build(seq({"_target_": "torch.nn.LazyLinear", "out_features": 3}))
+    assert isinstance(m[0].weight, UninitializedParameter)
+    assert m(torch.rand(2, 7)).shape == (2, 3)
+    assert m[0].weight.shape == (3, 7)
+
+
+def test_lazy_model_whose_forward_reads_values_materializes_on_cpu():
+    cfg = {
+        "model": seq(
+            {"_target_": "torch.nn.LazyLinear", "out_features": 20},
+            {"_target_": "modelfactory.layers.FixedHiddenMLP"},
+        ),
+        "input_shape": [2, 20],
+    }
+    m = mf.build(cfg)
+    assert m[0].weight.shape == (20, 20) and m[0].weight.device.type == "cpu"
+    assert m(torch.rand(2, 20)).dim() == 0
+
+
+def test_fixed_hidden_mlp_constant_is_a_persistent_buffer():
+    m = mf.build({"_target_": "modelfactory.layers.FixedHiddenMLP"})
+    sd = m.state_dict()
+    assert "rand_weight" in sd and sd["rand_weight"].shape == (20, 20)
+    assert not sd["rand_weight"].requires_grad
+    assert "rand_weight" not in dict(m.named_parameters())
+    out = m(torch.rand(2, 20))
+    assert out.shape == () and out.abs() <= 1
+
+
+def test_three_mistakes_are_reported_together_with_their_paths():
+    cfg = {
+        "model": seq(
+            lin(20, 256, out_featurez=3),
+            {"_target_": "torch.nn.Relu"},
+            {"_target_": "torch.nn.Linear", "in_features": 256},
+        )
+    }
+    with pytest.raises(ConfigError) as e:
+        mf.build(cfg)
+    msg = str(e.value)
+    assert "model.layers.0.out_featurez: unexpected keyword for torch.nn.Linear" in msg
+    assert "expected one of in_features, out_features, bias, device, dtype" in msg
+    assert "model.layers.1._target_: cannot resolve 'torch.nn.Relu'" in msg
+    assert "did you mean torch.nn.ReLU" in msg
+    assert "model.layers.2.out_features: missing required argument for torch.nn.Linear" in msg
+    assert e.value.paths == [
+        "model.layers.0.out_featurez",
+        "model.layers.1._target_",
+        "model.layers.2.out_features",
+    ]
+
+
+def test_unknown_target_names_itself_and_its_path():
+    with pytest.raises(
+        ConfigError, match=r"model\.layers\.0\._target_: cannot resolve 'nopkg\.Layer'"
+    ):
+        mf.build(seq({"_target_": "nopkg.Layer"}))
+    with pytest.raises(
+        ConfigError, match=r"'torch\.nn' has no attribute 'Linearr'; did you mean torch\.nn\.Linear"
+    ):
+        mf.build({"_target_": "torch.nn.Linearr"})
+
+
+def test_input_config_is_not_mutated(mlp_cfg, composed):
+    before = copy.deepcopy(mlp_cfg)
+    mf.build(mlp_cfg)
+    assert mlp_cfg == before
+    cfg = composed(["model=gpt_small"])
+    snapshot = OmegaConf.to_container(cfg)
+    mf.build(cfg)
+    assert OmegaConf.to_container(cfg) == snapshot
+
+
+def test_a_target_that_mutates_its_list_argument_cannot_alter_the_spec():
+    class Greedy(nn.Module):
+        def __init__(self, sizes: list) -> None:
+            super().__init__()
+            sizes.append(99)
+            self.n = len(sizes)
+
+    import sys
+    import types
+
+    mod = types.ModuleType("greedy_mod")
+    mod.Greedy = Greedy
+    sys.modules["greedy_mod"] = mod
+    try:
+        m = mf.build(
+            {
+                "_target_": "modelfactory.blocks.Repeat",
+                "n": 3,
+                "block": {"_target_": "greedy_mod.Greedy", "sizes": [1, 2]},
+            }
+        )
+    finally:
+        del sys.modules["greedy_mod"]
+    assert [b.n for b in m] == [3, 3, 3]
+
+
+def test_bad_values_name_the_config_path():
+    with pytest.raises(
+        BuildError,
+        match=r"model\.layers\.0: modelfactory\.blocks\.Repeat\(\.\.\.\) failed: ValueError: n must be a positive integer",
+    ):
+        mf.build(seq({"_target_": "modelfactory.blocks.Repeat", "n": -1, "block": lin(2, 2)}))
+    with pytest.raises(
+        ConfigError, match=r"model\.layers\.0\.block: expected a block with '_target_'"
+    ):
+        mf.build(seq({"_target_": "modelfactory.blocks.Repeat", "n": 2, "block": 3}))
+    with pytest.raises(BuildError, match=r"model: .*layers is empty"):
+        mf.build(seq())
+
+
+def test_shape_that_does_not_fit_names_the_block():
+    cfg = {
+        "model": seq(lin(20, 256), RELU, lin(128, 10)),
+        "input_shape": [2, 20],
+        "init": {"rules": []},
+    }
+    cfg["model"]["layers"].insert(0, {"_target_": "torch.nn.LazyLinear", "out_features": 20})
+    with pytest.raises(BuildError, match=r"model\.layers\.3: .*input_shape \[2, 20\]"):
+        mf.build(cfg)
+
+
+def test_unknown_top_level_key_and_bad_sections_are_errors():
+    with pytest.raises(ConfigError) as e:
+        mf.build({"model": lin(2, 2), "seeed": 3, "init": {"rulez": []}, "input_shape": [0]})
+    assert e.value.paths == ["seeed", "init.rulez", "input_shape"]
+
+
+def test_yaml_path_and_dictconfig_inputs(tmp_path):
+    p = tmp_path / "m.yaml"
+    p.write_text(
+        "model:\n  _target_: torch.nn.Linear\n  in_features: ${width}\n  out_features: 3\n"
+        "seed: 1\n".replace("${width}", "4")
+    )
+    m = mf.build(p)
+    assert m.weight.shape == (3, 4)
+    cfg = OmegaConf.create(
+        {"w": 5, "model": {"_target_": "torch.nn.Linear", "in_features": "${w}", "out_features": 2}}
+    )
+    with pytest.raises(ConfigError, match="unknown top-level key"):
+        mf.build(cfg)
+    m = mf.build(
+        OmegaConf.create({"_target_": "torch.nn.Linear", "in_features": 5, "out_features": 2})
+    )
+    assert m.weight.shape == (2, 5)
+    with pytest.raises(ConfigError, match="no such config file"):
+        mf.build(tmp_path / "missing.yaml")
+
+
+def test_parameter_access_like_d2l(composed):
+    net = mf.build(composed(["model=rgnet"]))
+    assert net.state_dict()["0.block 1.0.bias"].shape == (8,)
+    assert net[0][1][0].bias is net.get_parameter("0.block 1.0.bias")
+    assert net[1].weight.grad is None
+    net(torch.rand(1, 4)).sum().backward()
+    assert net[1].weight.grad is not None
+
+
+def test_sequential_rejects_bad_children():
+    with pytest.raises(TypeError, match=r"layers\['0'\] is a int"):
+        Sequential([1])
+    with pytest.raises(ValueError, match="contain no '.'"):
+        Sequential({"a.b": nn.Identity()})

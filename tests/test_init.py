@@ -1,0 +1,195 @@
+"""Initializer rules, and the reproducibility of every build."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import modelfactory as mf
+from modelfactory.errors import ConfigError
+from modelfactory.init import d2l_mixture_, init_report
+
+from .conftest import RELU, lin, seq
+
+
+def weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_normal_init_with_zero_bias(composed):
+    m = mf.build(composed(["model=mlp", "init=normal"]))
+    w = m[0].weight
+    assert abs(w.std().item() - 0.01) < 0.001 and abs(w.mean().item()) < 0.001
+    assert torch.equal(m[0].bias, torch.zeros(256)) and torch.equal(m[2].bias, torch.zeros(10))
+
+
+def test_constant_init(composed):
+    m = mf.build(composed(["model=mlp", "init=constant"]))
+    assert torch.equal(m[0].weight, torch.ones(256, 20)) and torch.equal(m[2].bias, torch.zeros(10))
+
+
+def test_xavier_on_one_block_and_42_on_another(composed):
+    m = mf.build(composed(["model=mlp", "init=per_block"]))
+    bound = (6 / (20 + 256)) ** 0.5
+    w0 = m[0].weight
+    assert w0.abs().max() <= bound and w0.abs().max() > 0.9 * bound
+    assert torch.equal(m[2].weight, torch.full((10, 256), 42.0))
+
+
+def test_d2l_mixture(composed):
+    m = mf.build(composed(["model=mlp", "init=d2l_mixture"]))
+    w = m[0].weight.detach()
+    zeros = (w == 0).float().mean().item()
+    assert 0.45 < zeros < 0.55
+    nz = w[w != 0].abs()
+    assert nz.min() >= 5 and nz.max() <= 10
+    assert 0.4 < (w > 0).float().mean().item() / (1 - zeros) < 0.6
+
+
+def test_d2l_mixture_function_uses_the_generator():
+    a = d2l_mixture_(torch.empty(100), generator=torch.Generator().manual_seed(1))
+    b = d2l_mixture_(torch.empty(100), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+
+
+def test_later_rules_override_earlier_ones_and_module_classes_match_bases():
+    rules = [
+        {
+            "params": "*",
+            "modules": ["Module"],
+            "fn": {"_target_": "torch.nn.init.constant_", "val": 1.0},
+        },
+        {
+            "params": "*bias",
+            "modules": ["Linear"],
+            "fn": {"_target_": "torch.nn.init.constant_", "val": 2.0},
+        },
+    ]
+    m = mf.build(
+        {
+            "model": seq(lin(3, 4), {"_target_": "torch.nn.LayerNorm", "normalized_shape": 4}),
+            "init": {"rules": rules},
+        }
+    )
+    assert torch.equal(m[0].weight, torch.ones(4, 3)) and torch.equal(
+        m[0].bias, torch.full((4,), 2.0)
+    )
+    assert torch.equal(m[1].bias, torch.ones(4))
+
+
+def test_rule_matching_nothing_is_an_error_unless_optional():
+    rule = {"params": "*nothing*", "fn": {"_target_": "torch.nn.init.zeros_"}}
+    cfg = {
+        "model": seq(lin(3, 4)),
+        "init": {"rules": [{"params": "*weight", "fn": {"_target_": "torch.nn.init.ones_"}}, rule]},
+    }
+    with pytest.raises(ConfigError, match=r"init\.rules\.1: matched no parameter"):
+        mf.build(cfg)
+    rule["optional"] = True
+    assert torch.equal(mf.build(cfg)[0].weight, torch.ones(4, 3))
+
+
+def test_bad_rules_are_reported_with_paths():
+    cfg = {
+        "model": lin(2, 2),
+        "init": {
+            "rules": [
+                {"params": "*", "fn": {"_target_": "torch.nn.init.normal_", "stdd": 1}},
+                {"fn": {"_target_": "torch.nn.init.zeros_"}},
+                {"params": "*", "fn": "zeros"},
+            ]
+        },
+    }
+    with pytest.raises(ConfigError) as e:
+        mf.build(cfg)
+    assert e.value.paths == ["init.rules.0.fn.stdd", "init.rules.1", "init.rules.2.fn"]
+
+
+def test_same_seed_same_values_other_seed_differs(composed):
+    a = weights(mf.build(composed(["model=gpt_small", "seed=3"])))
+    b = weights(mf.build(composed(["model=gpt_small", "seed=3"])))
+    c = weights(mf.build(composed(["model=gpt_small", "seed=4"])))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["embed.tok.weight"], c["embed.tok.weight"])
+    assert not torch.equal(a["blocks.1.mlp.body.fc.weight"], c["blocks.1.mlp.body.fc.weight"])
+
+
+@pytest.mark.parametrize(
+    "init", [[], [{"params": "*weight", "fn": {"_target_": "torch.nn.init.normal_"}}]]
+)
+def test_appending_prepending_or_reordering_blocks_leaves_others_unchanged(init):
+    base = [lin(20, 30), RELU, lin(30, 10)]
+    ref = mf.build({"model": seq(*base), "init": {"rules": init}})
+    appended = mf.build({"model": seq(*base, lin(10, 5)), "init": {"rules": init}})
+    prepended = mf.build({"model": seq(lin(20, 20), *base), "init": {"rules": init}})
+    reordered = mf.build({"model": seq(base[2], base[1], base[0]), "init": {"rules": init}})
+    for other, (i, j) in ((appended, (0, 2)), (prepended, (1, 3)), (reordered, (2, 0))):
+        assert torch.equal(ref[0].weight, other[i].weight)
+        assert torch.equal(ref[2].weight, other[j].weight)
+        assert torch.equal(ref[2].bias, other[j].bias)
+
+
+def test_repeat_copies_keep_their_values_when_n_grows():
+    def rep(n: int) -> nn.Module:
+        return mf.build({"_target_": "modelfactory.blocks.Repeat", "n": n, "block": lin(4, 4)})
+
+    small, big = rep(2), rep(5)
+    assert torch.equal(small[0].weight, big[0].weight) and torch.equal(
+        small[1].weight, big[1].weight
+    )
+
+
+@pytest.mark.parametrize("init", ["default", "xavier"])
+def test_lazy_and_eager_twins_get_the_same_values(init, composed):
+    lazy = mf.build(composed(["model=lazy_mlp", f"init={init}", "seed=5"]))
+    eager = mf.build(composed(["model=mlp", f"init={init}", "seed=5"]))
+    assert weights(lazy).keys() == weights(eager).keys()
+    for k, v in weights(eager).items():
+        assert torch.equal(weights(lazy)[k], v), k
+
+
+def test_modules_that_init_outside_reset_parameters_are_initialized_on_every_path():
+    # nn.MultiheadAttention initializes in _reset_parameters, not reset_parameters.
+    layer = {
+        "_target_": "torch.nn.TransformerEncoderLayer",
+        "d_model": 8,
+        "nhead": 2,
+        "dim_feedforward": 16,
+        "batch_first": True,
+    }
+    direct = mf.build(layer)
+    lazy = mf.build(
+        {
+            "model": seq({"_target_": "torch.nn.LazyLinear", "out_features": 8}, layer),
+            "input_shape": [2, 3, 8],
+        }
+    )
+    again = mf.build(layer)
+    for m in (direct.self_attn, lazy[1].self_attn):
+        assert torch.equal(m.in_proj_bias, torch.zeros(24)) and torch.equal(
+            m.out_proj.bias, torch.zeros(8)
+        )
+        assert torch.isfinite(m.in_proj_weight).all() and m.in_proj_weight.std() > 0.1
+        assert m.in_proj_weight.abs().max() <= (6 / (8 + 24)) ** 0.5
+    assert torch.equal(direct.self_attn.in_proj_weight, again.self_attn.in_proj_weight)
+    assert torch.equal(direct.norm1.weight, torch.ones(8))
+    fixed = mf.build({"_target_": "modelfactory.layers.FixedHiddenMLP"})
+    assert 0 <= fixed.rand_weight.min() and fixed.rand_weight.max() < 1
+
+
+def test_build_leaves_the_global_rng_untouched():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    mf.build(seq(lin(5, 5), lin(5, 5)))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_init_report_gives_weight_stats_and_activation_std_by_depth(composed):
+    m = mf.build(composed(["model=mlp", "init=normal"]))
+    report = init_report(m, torch.rand(4, 20))
+    assert [w["name"] for w in report["weights"]] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert abs(report["weights"][0]["std"] - 0.01) < 0.002
+    assert [a["name"] for a in report["activations"]] == ["0", "1", "2"]
+    assert report["activations"][2]["std"] < report["activations"][0]["std"]
