@@ -61,7 +61,7 @@ def resolve_groups(
         if len(kinds) > 1:
             problems.append((gpath, "a group must name only modules or only parameters, not both"))
             continue
-        if not kinds or len(names) < 2 and any(p[0].startswith(gpath + ".") for p in problems):
+        if not kinds or (len(names) < 2 and any(p[0].startswith(gpath + ".") for p in problems)):
             continue  # already reported: a path that names nothing
         kind = kinds.pop()
         if len(names) < 2:

@@ -202,7 +202,8 @@ def test_a_target_that_mutates_its_list_argument_cannot_alter_the_spec():
 def test_bad_values_name_the_config_path():
     with pytest.raises(
         BuildError,
-        match=r"model\.layers\.0: modelfactory\.blocks\.Repeat\(\.\.\.\) failed: ValueError: n must be a positive integer",
+        match=r"model\.layers\.0: modelfactory\.blocks\.Repeat\(\.\.\.\) failed: "
+        r"ValueError: n must be a positive integer",
     ):
         mf.build(seq({"_target_": "modelfactory.blocks.Repeat", "n": -1, "block": lin(2, 2)}))
     with pytest.raises(
@@ -263,5 +264,5 @@ def test_parameter_access_like_d2l(composed):
 def test_sequential_rejects_bad_children():
     with pytest.raises(TypeError, match=r"layers\['0'\] is a int"):
         Sequential([1])
-    with pytest.raises(ValueError, match="contain no '.'"):
+    with pytest.raises(ValueError, match=r"contain no '\.'"):
         Sequential({"a.b": nn.Identity()})

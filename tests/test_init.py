@@ -175,7 +175,7 @@ def test_modules_that_init_outside_reset_parameters_are_initialized_on_every_pat
     assert torch.equal(direct.self_attn.in_proj_weight, again.self_attn.in_proj_weight)
     assert torch.equal(direct.norm1.weight, torch.ones(8))
     fixed = mf.build({"_target_": "modelfactory.layers.FixedHiddenMLP"})
-    assert 0 <= fixed.rand_weight.min() and fixed.rand_weight.max() < 1
+    assert fixed.rand_weight.min() >= 0 and fixed.rand_weight.max() < 1
 
 
 def test_build_leaves_the_global_rng_untouched():

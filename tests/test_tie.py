@@ -114,6 +114,6 @@ def test_broken_ties_are_detected_by_identity(composed):
     check_ties(m, ties)
     m.head.weight = nn.Parameter(m.head.weight.detach().clone())  # what assign=True would do
     with pytest.raises(
-        TieError, match="'head.weight' is no longer the same object as 'embed.tok.weight'"
+        TieError, match=r"'head\.weight' is no longer the same object as 'embed\.tok\.weight'"
     ):
         check_ties(m, ties)
