@@ -66,11 +66,20 @@ def qualified_name(obj: Any) -> str:
 class Signature:
     """What a callable accepts, computed once per callable."""
 
-    __slots__ = ("accepts_var_kw", "max_positional", "name_set", "names", "positional", "required")
+    __slots__ = (
+        "accepts_var_kw",
+        "max_positional",
+        "name_set",
+        "names",
+        "positional",
+        "required",
+        "required_set",
+    )
 
     def __init__(self, sig: inspect.Signature | None) -> None:
         self.names: tuple[str, ...] = ()
         self.name_set: frozenset[str] = frozenset()
+        self.required_set: frozenset[str] = frozenset()
         self.required: tuple[str, ...] = ()
         self.positional: tuple[str, ...] = ()
         self.accepts_var_kw = sig is None
@@ -102,10 +111,11 @@ class Signature:
         self, what: str, n_args: int, kwargs: Collection[str], partial: bool
     ) -> list[tuple[str, str]]:
         """``(key, message)`` for each argument that does not fit; key ``""`` means the node."""
+        keys = kwargs.keys() if isinstance(kwargs, dict) else set(kwargs)
         if (
             n_args == 0
-            and (self.accepts_var_kw or self.name_set.issuperset(kwargs))
-            and (partial or all(r in kwargs for r in self.required))
+            and (self.accepts_var_kw or keys <= self.name_set)
+            and (partial or keys >= self.required_set)
         ):
             return []
         kwargs = set(kwargs)
