@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._spec import MAX_DEPTH
 from .errors import ConfigError, path_join
 
 BUILD_KEYS = ("model", "block", "init", "tie", "device", "seed", "input_shape", "input_dtype")
@@ -52,14 +53,24 @@ def to_plain(cfg: Any) -> Any:
     )
 
 
-def _has_interpolation(v: Any) -> bool:
-    if isinstance(v, str):
-        return "${" in v
-    if isinstance(v, dict):
-        return any(_has_interpolation(x) for x in v.values())
-    if isinstance(v, list):
-        return any(_has_interpolation(x) for x in v)
-    return False
+def _has_interpolation(tree: Any) -> bool:
+    """Whether any string holds ``${...}``; also refuses trees nested beyond ``MAX_DEPTH``.
+
+    Iterative, so that a hostile, deeply nested config cannot exhaust Python's stack.
+    """
+    found = False
+    stack = [(tree, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ConfigError([("", f"config nests deeper than {MAX_DEPTH} levels")])
+        if isinstance(v, str):
+            found = found or "${" in v
+        elif isinstance(v, dict):
+            stack.extend((x, depth + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, depth + 1) for x in v)
+    return found
 
 
 def _resolve(cfg: Any, where: str) -> Any:
