@@ -1,0 +1,200 @@
+"""One job of the app: build a model (or restore / verify a checkpoint) and describe it.
+
+The sample-output checksum, defined once here so every run, sweep and restore agrees:
+the model runs in ``eval`` mode under ``no_grad`` on the seeded sample input
+(``input_shape`` / ``input_dtype`` / ``seed`` of the config); every output tensor
+(a tuple, list or dict output is taken in order) is moved to the CPU, made contiguous
+and its raw bytes (native byte order) are fed to one SHA-256; ``sum`` is the float64
+sum of all output elements, a short human check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import modelfactory as mf
+
+from .. import device as devices
+from .._config import BUILD_KEYS, normalize, to_plain
+from ..errors import BuildError
+from ..factory import CONFIG_ATTR, sample_input
+from .progress import Spinner
+
+__all__ = [
+    "ERROR_FILE",
+    "METRICS_FILE",
+    "build_job",
+    "checksum",
+    "format_checksum",
+    "restore_job",
+    "sample_output",
+    "verify_job",
+]
+
+log = logging.getLogger("modelfactory")
+
+METRICS_FILE = "metrics.json"
+ERROR_FILE = "error.json"
+
+
+def build_config(cfg: Any) -> dict[str, Any]:
+    """The part of the app's config that :func:`modelfactory.build` accepts (``BUILD_KEYS``)."""
+    plain = to_plain(cfg)
+    return {k: plain[k] for k in BUILD_KEYS if k in plain}
+
+
+def _tensors(out: Any) -> Iterator[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        yield out
+    elif isinstance(out, (tuple, list)):
+        for x in out:
+            yield from _tensors(x)
+    elif isinstance(out, dict):
+        for x in out.values():
+            yield from _tensors(x)
+
+
+def checksum(output: Any) -> dict[str, Any]:
+    """SHA-256 of the raw bytes of every tensor in ``output``, and their float64 sum.
+
+    Args:
+        output: a tensor, or a (nested) tuple, list or dict of tensors.
+
+    Returns:
+        ``{"sha256": hex digest, "sum": float, "shapes": [...], "dtypes": [...]}``.
+    """
+    digest = hashlib.sha256()
+    total = 0.0
+    shapes, dtypes = [], []
+    for t in _tensors(output):
+        t = t.detach().to("cpu").contiguous()
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        total += t.double().sum().item() if t.numel() else 0.0
+        shapes.append(list(t.shape))
+        dtypes.append(str(t.dtype).removeprefix("torch."))
+    return {"sha256": digest.hexdigest(), "sum": total, "shapes": shapes, "dtypes": dtypes}
+
+
+def format_checksum(c: dict[str, Any] | None) -> str:
+    """One line: ``checksum sha256=<64 hex> sum=<float>``."""
+    if c is None:
+        return "checksum: none (the config has no input_shape, so there is no sample input)"
+    return f"checksum: sha256={c['sha256']} sum={c['sum']:.9g} shape={c['shapes']}"
+
+
+def sample_output(model: nn.Module, cfg: dict[str, Any]) -> tuple[torch.Tensor, Any] | None:
+    """The seeded sample input of ``cfg`` and the model's output on it (``eval``, no grad).
+
+    Returns ``None`` when the config has no ``input_shape``.
+    """
+    bc = normalize(cfg)
+    if bc.input_shape is None:
+        return None
+    first = next(iter(model.parameters()), None)
+    dev = first.device if first is not None else devices.resolve_device(bc.device)
+    x = sample_input(bc, dev)
+    names = {id(m): n for n, m in model.named_modules()}
+    stack: list[nn.Module] = []
+
+    def enter(mod: nn.Module, _args: Any) -> None:
+        stack.append(mod)
+
+    def leave(_mod: nn.Module, _args: Any, _out: Any) -> None:
+        stack.pop()  # (a forward hook that returned a value would replace the output)
+
+    hooks = [
+        h
+        for m in model.modules()
+        for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return x, model(x)
+    except Exception as e:
+        where = stack[-1] if stack else model
+        name = names.get(id(where)) or "<root>"
+        raise BuildError(
+            "input_shape",
+            f"the sample forward pass on input_shape {list(x.shape)} failed in module "
+            f"{name!r} ({type(where).__name__}): {type(e).__name__}: {e}",
+        ) from e
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+
+
+def _describe(model: nn.Module, cfg: dict[str, Any]) -> tuple[dict[str, Any] | None, Any]:
+    """Log the summary and checksum; return the checksum and the sample input."""
+    log.info("%s", mf.summary(model))
+    sample = sample_output(model, cfg)
+    c = checksum(sample[1]) if sample is not None else None
+    log.info("%s", format_checksum(c))
+    return c, (sample[0] if sample is not None else None)
+
+
+def build_job(cfg: Any, out_dir: Path) -> dict[str, Any]:
+    """Build, describe, save the checkpoint and ``metrics.json`` into ``out_dir``.
+
+    Args:
+        cfg: the app's composed config; only ``BUILD_KEYS`` reach :func:`modelfactory.build`.
+        out_dir: the Hydra run (or job) directory.
+
+    Returns:
+        The metrics written to ``metrics.json``: the init report plus the checksum.
+    """
+    plain = build_config(cfg)
+    model = mf.build(plain)
+    c, x = _describe(model, plain)
+    with Spinner(f"saving checkpoint to {out_dir}"):
+        mf.save(model, out_dir)
+    metrics: dict[str, Any] = {"checksum": c}
+    if x is not None:
+        metrics.update(mf.init_report(model, x))
+    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+    log.info("checkpoint and %s written to %s", METRICS_FILE, out_dir)
+    return metrics
+
+
+def restore_job(path: str, trusted: list[str] | None = None) -> dict[str, Any] | None:
+    """Load a checkpoint and log the same summary and checksum as the run that saved it.
+
+    Args:
+        path: a checkpoint directory or its ``model.safetensors``.
+        trusted: extra ``_target_`` prefixes the checkpoint's config may name.
+
+    Returns:
+        The checksum (``None`` when the saved config has no ``input_shape``).
+    """
+    with Spinner(f"loading {path}"):
+        model = mf.load(path, trusted=list(trusted or []))
+    cfg = model.__dict__.get(CONFIG_ATTR)
+    log.info("restored %s", path)
+    return _describe(model, cfg)[0] if cfg is not None else None
+
+
+def verify_job(path: str) -> Any:
+    """Recompute a checkpoint's content digest and compare it with the stored one.
+
+    Returns:
+        What :func:`modelfactory.verify` returns; it raises on a mismatch.
+    """
+    with Spinner(f"verifying {path}"):
+        result = mf.verify(path)
+    log.info(
+        "verified %s: OK, %d tensors (%s bytes) match the digests stored at save time",
+        result.file,
+        result.tensors,
+        f"{result.nbytes:,}",
+    )
+    return result

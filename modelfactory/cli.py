@@ -1,0 +1,116 @@
+"""The ``modelfactory`` command: a Hydra app over the Python API.
+
+    modelfactory [OVERRIDES]                   build, print summary + checksum, save in outputs/
+    modelfactory restore=PATH                  load a checkpoint, print the same summary + checksum
+    modelfactory verify=PATH                   check a checkpoint's stored content digest
+    modelfactory -m init=normal,xavier seed=0,1   sweep; sweep.csv + sweep.png in the sweep dir
+
+Exit status: 0 on success, 2 for a config that does not compose or is not well-formed,
+1 for any other handled failure (a build that fails, a bad checkpoint, failed sweep jobs).
+Errors are one paragraph; ``hydra.verbose=true`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from .configs import conf_dir
+from .errors import ConfigError, ModelFactoryError
+
+__all__ = ["main"]
+
+log = logging.getLogger("modelfactory")
+
+APP_CONFIG = "app"  # conf/app.yaml: config.yaml + the app's keys and Hydra settings
+
+
+def _one_paragraph(text: str) -> str:
+    return "\n".join(line.rstrip() for line in str(text).splitlines() if line.strip())
+
+
+def _verbose(cfg: DictConfig | None = None) -> bool:
+    if cfg is not None:
+        return bool(HydraConfig.get().verbose)
+    for arg in sys.argv[1:]:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~") == "hydra.verbose" and value.lower() not in ("", "false", "null"):
+            return True
+    return False
+
+
+def _task(cfg: DictConfig) -> dict[str, Any] | None:
+    """One job. In a multirun, a failure is recorded in the job dir (``error.json``) and the
+    job returns normally, so the other jobs and the sweep report still run."""
+    from ._app import job
+
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
+    try:
+        if cfg.get("restore"):
+            metrics = {"checksum": job.restore_job(str(cfg.restore), list(cfg.trusted))}
+        elif cfg.get("verify"):
+            job.verify_job(str(cfg.verify))
+            metrics = {"checksum": None, "verified": str(cfg.verify)}
+        else:
+            return job.build_job(cfg, out_dir)
+        (out_dir / job.METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+        return metrics
+    except Exception as e:
+        if _verbose(cfg) or not (isinstance(e, ModelFactoryError) or hc.mode == RunMode.MULTIRUN):
+            raise  # a bug, not bad input: keep the traceback
+        message = _one_paragraph(f"modelfactory: error: {e}")
+        log.error("%s", message)
+        if not isinstance(e, ModelFactoryError):
+            log.debug("%s", traceback.format_exc())
+        if hc.mode == RunMode.MULTIRUN:
+            (out_dir / job.ERROR_FILE).write_text(
+                json.dumps({"error": str(e), "type": type(e).__name__})
+            )
+            return None
+        raise SystemExit(2 if isinstance(e, ConfigError) else 1) from e
+
+
+def _hydra_error(e: Exception) -> str:
+    text = str(e).split("Config search path:")[0]  # Hydra's search path: noise for a user
+    options = [ln.strip() for ln in text.splitlines() if ln.startswith("\t")]
+    text = "\n".join(ln for ln in text.splitlines() if not ln.startswith("\t"))
+    if options:  # "Available options in 'model':" + one per line -> one line
+        text = f"{text.rstrip()} {', '.join(options)}"
+    lines = [f"modelfactory: error: the config does not compose: {text}"]
+    cause = e.__cause__
+    if isinstance(cause, OmegaConfBaseException) and str(cause) not in str(e):
+        lines.append(str(cause))
+    lines.append("(add hydra.verbose=true for a traceback; --help lists the config groups)")
+    return _one_paragraph("\n".join(lines))
+
+
+def main() -> None:
+    """Entry point of the ``modelfactory`` console script (arguments from ``sys.argv``)."""
+    app = hydra.main(config_path=str(conf_dir()), config_name=APP_CONFIG, version_base="1.3")(_task)
+    # Let Hydra's own errors (a bad override, an unknown option) reach us, so that they are
+    # reported in one paragraph like ours instead of with Hydra's multi-part message.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        app()
+    except (HydraException, OmegaConfBaseException) as e:
+        if _verbose():
+            raise
+        sys.stderr.write(_hydra_error(e) + "\n")
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
