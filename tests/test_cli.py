@@ -1,0 +1,228 @@
+"""The ``modelfactory`` command, run as a user runs it: the console script, in a fresh
+directory, by subprocess. Tiny models keep each run to about the cost of its imports."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import modelfactory as mf
+from modelfactory._app import job, report
+from modelfactory._app.progress import SweepProgress
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+SWEEP = ["model=stack", "block=d2l_block1", "init=normal,xavier", "seed=0,1"]
+CHECKSUM = re.compile(r"checksum: sha256=([0-9a-f]{64}) sum=(\S+)")
+
+
+def _command() -> list[str]:
+    script = shutil.which("modelfactory", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "modelfactory.cli"]
+
+
+def run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return subprocess.run(
+        [*_command(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def checksums(out: str) -> list[str]:
+    return [m[0] for m in CHECKSUM.findall(out)]
+
+
+def sweep_rows(sweep_dir: Path) -> list[dict[str, str]]:
+    with (sweep_dir / "sweep.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def main_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    cwd = tmp_path_factory.mktemp("main")
+    return cwd, run(cwd, "model=rgnet", "hydra.run.dir=outputs/rgnet")
+
+
+@pytest.fixture(scope="module")
+def basic_sweep(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess]:
+    cwd = tmp_path_factory.mktemp("sweep")
+    return cwd / "outputs/sweep", run(cwd, "-m", *SWEEP, "hydra.sweep.dir=outputs/sweep")
+
+
+def test_main_job_writes_loadable_checkpoint_and_metrics(main_run) -> None:
+    cwd, r = main_run
+    assert r.returncode == 0, r.stderr
+    run_dir = cwd / "outputs/rgnet"
+    [(printed, _)] = CHECKSUM.findall(r.stdout)
+    assert "total params" in r.stdout  # the summary
+    assert (run_dir / "model.safetensors").is_file() and (run_dir / "config.yaml").is_file()
+    m = json.loads((run_dir / job.METRICS_FILE).read_text())
+    assert m["checksum"]["sha256"] == printed
+    assert {w["name"] for w in m["weights"]} >= {"1.weight", "0.block 0.0.weight"}
+    assert [a["depth"] for a in m["activations"]] == list(range(len(m["activations"])))
+    model = mf.load(run_dir)
+    _x, y = job.sample_output(model, model.__dict__["_modelfactory_config"])
+    assert job.checksum(y)["sha256"] == printed
+    assert (run_dir / "modelfactory.log").read_text().count(printed) == 1
+
+
+def test_restore_prints_the_same_checksum_and_verify_checks_the_digest(main_run) -> None:
+    cwd, first = main_run
+    [(saved, _)] = CHECKSUM.findall(first.stdout)
+    r = run(cwd, "restore=outputs/rgnet", "hydra.run.dir=outputs/restored")
+    assert r.returncode == 0, r.stderr
+    assert CHECKSUM.findall(r.stdout) == CHECKSUM.findall(first.stdout)
+    assert saved in r.stdout and "total params" in r.stdout
+
+    bad = cwd / "outputs/bad"
+    shutil.copytree(cwd / "outputs/rgnet", bad)
+    data = bytearray((bad / "model.safetensors").read_bytes())
+    data[-2] ^= 0xFF  # flip a byte of the last tensor's data
+    (bad / "model.safetensors").write_bytes(bytes(data))
+    ok = run(cwd, "verify=outputs/rgnet", "hydra.run.dir=outputs/v1")
+    ko = run(cwd, "verify=outputs/bad", "hydra.run.dir=outputs/v2")
+    assert ok.returncode == 0 and "OK" in ok.stdout, ok.stderr
+    assert ko.returncode == 1
+    assert "does not match the digest" in ko.stdout + ko.stderr
+    assert "Traceback" not in ko.stdout + ko.stderr
+
+
+def test_sweep_2x2_writes_checkpoints_and_report(basic_sweep) -> None:
+    sweep_dir, r = basic_sweep
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.parent.name for p in sweep_dir.glob("*/model.safetensors")) == list("0123")
+    rows = sweep_rows(sweep_dir)
+    assert len(rows) == 4 and {row["status"] for row in rows} == {"ok"}
+    assert [row["init"] for row in rows] == ["normal", "normal", "xavier", "xavier"]
+    assert any(k.startswith("act_std[") for k in rows[0]) and "weight_std[0.0.weight]" in rows[0]
+    png = (sweep_dir / "sweep.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    assert "sweep report (4 jobs)" in r.stdout + r.stderr
+    # each job's printed checksum is the one in the report
+    assert sorted(checksums(r.stdout)) == sorted(row["checksum_sha256"] for row in rows)
+    # not a terminal: no progress display
+    assert "\r" not in r.stderr and "jobs done" not in r.stderr
+
+
+def test_joblib_launcher_gives_the_same_checksums(basic_sweep, tmp_path: Path) -> None:
+    sweep_dir, _ = basic_sweep
+    r = run(
+        tmp_path,
+        "-m",
+        *SWEEP,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweep.dir=outputs/sweep",
+    )
+    assert r.returncode == 0, r.stderr
+    got = sweep_rows(tmp_path / "outputs/sweep")
+    want = sweep_rows(sweep_dir)
+    assert [(g["overrides"], g["checksum_sha256"]) for g in got] == [
+        (w["overrides"], w["checksum_sha256"]) for w in want
+    ]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs the 'ray' extra")
+def test_ray_launcher_on_local_ray_gives_the_same_checksums(basic_sweep, tmp_path: Path) -> None:
+    sweep_dir, _ = basic_sweep
+    r = run(tmp_path, "-m", *SWEEP, "hydra/launcher=ray_local", "hydra.sweep.dir=outputs/sweep")
+    assert r.returncode == 0, r.stderr
+    got = sweep_rows(tmp_path / "outputs/sweep")
+    want = sweep_rows(sweep_dir)
+    assert [g["checksum_sha256"] for g in got] == [w["checksum_sha256"] for w in want]
+
+
+def test_sweep_with_failed_jobs_reports_the_others_and_names_the_failures(tmp_path: Path) -> None:
+    r = run(tmp_path, "-m", "model=rgnet", "seed=0,x", "hydra.sweep.dir=outputs/s")
+    assert r.returncode == 1
+    rows = sweep_rows(tmp_path / "outputs/s")
+    assert [row["status"] for row in rows] == ["ok", "failed"]
+    assert "seed: expected an integer" in rows[1]["error"]
+    assert (tmp_path / "outputs/s/sweep.png").stat().st_size > 0
+    assert re.search(r"job 1 \(model=rgnet seed=x\) failed: .*seed", r.stdout + r.stderr)
+    assert "1 of 2 jobs failed" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "code"),
+    [
+        ("modle=rgnet", "modle", 2),  # Hydra: not a key of the config
+        ("model=rgnet +model.layers.0.nn=3", "model.layers.0.nn", 2),  # build: bad keyword
+        ("model=nope", "model/nope", 2),  # Hydra: no such option
+        ("model=rgnet model.layers.1.in_features=5", "module '1' (Linear)", 1),  # shape
+    ],
+)
+def test_bad_config_is_one_paragraph_naming_the_key(
+    tmp_path: Path, override: str, key: str, code: int
+) -> None:
+    r = run(tmp_path, *override.split(), "hydra.run.dir=outputs/x")
+    assert r.returncode == code, r.stdout + r.stderr
+    text = (r.stdout + r.stderr).strip()
+    message = text[text.index("modelfactory: error:") :]
+    assert "\n\n" not in message and "Traceback" not in text
+    assert key in message
+
+
+README_EXAMPLES = [
+    "modelfactory model=rgnet",
+    "modelfactory model=stack block=conv_bn_relu model.n=3",
+    "modelfactory init=xavier tie=none device=auto seed=3",
+    "modelfactory model=gpt_small",
+]
+
+
+@pytest.mark.parametrize("command", README_EXAMPLES[1:])  # model=rgnet: main_run above
+def test_documented_examples_run(tmp_path: Path, command: str) -> None:
+    r = run(tmp_path, *command.split()[1:], "hydra.run.dir=outputs/x")
+    assert r.returncode == 0, r.stderr
+    assert len(CHECKSUM.findall(r.stdout)) == 1
+    assert mf.load(tmp_path / "outputs/x") is not None
+
+
+def test_documented_examples_are_in_the_docs() -> None:
+    text = DOCS.read_text()
+    for command in README_EXAMPLES:
+        assert command in text
+
+
+def test_checksum_is_sha256_of_the_output_bytes() -> None:
+    y = torch.arange(6, dtype=torch.float32).reshape(2, 3).t()  # not contiguous
+    c = job.checksum(y)
+    assert c["sha256"] == hashlib.sha256(y.contiguous().numpy().tobytes()).hexdigest()
+    assert c["sum"] == 15.0 and c["shapes"] == [[3, 2]]
+    pair = job.checksum((y, {"b": torch.ones(2, dtype=torch.bfloat16)}))
+    assert pair["dtypes"] == ["float32", "bfloat16"] and pair["sha256"] != c["sha256"]
+
+
+def test_progress_counts_finished_jobs_and_is_silent_off_a_terminal(tmp_path: Path) -> None:
+    for i, marker in enumerate([job.METRICS_FILE, job.ERROR_FILE, None]):
+        (tmp_path / str(i)).mkdir()
+        if marker:
+            (tmp_path / str(i) / marker).write_text("{}")
+    stream = io.StringIO()  # not a TTY
+    p = SweepProgress(tmp_path, 3, (job.METRICS_FILE, job.ERROR_FILE), stream=stream)
+    assert p._render().startswith("sweep: 2/3 jobs done")
+    p.start()
+    p.stop()
+    assert stream.getvalue() == ""
+
+
+def test_report_reads_jobs_in_order(basic_sweep) -> None:
+    sweep_dir, _ = basic_sweep
+    jobs = report.collect(sweep_dir)
+    assert [j.num for j in jobs] == [0, 1, 2, 3] and all(j.ok for j in jobs)
+    assert "init=xavier seed=1" in report.table(jobs)
