@@ -6,6 +6,7 @@ config --normalize--> BuildConfig --parse--> spec --construct--> modules
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,6 +17,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from . import device as devices
 from ._config import BuildConfig, normalize
 from ._construct import ROOT, Built, Context, construct, mix, preserved_rng, root_key
+from ._lazy import materialize_lazy
 from ._spec import Node, _parse_node, own_digest
 from ._targets import qualified_name, signature_of
 from .errors import BuildError, ConfigError, ModelFactoryError
@@ -65,11 +67,25 @@ def build(
     return _run(bc, plan, init=True)
 
 
-def build_skeleton(cfg: Any) -> nn.Module:
-    """The architecture alone on the ``meta`` device: no memory, no init (used by ``load``)."""
+def build_skeleton(cfg: Any, shapes: Mapping[str, Sequence[int]] | None = None) -> nn.Module:
+    """The architecture alone on the ``meta`` device: no memory, no init (used by ``load``).
+
+    Args:
+        cfg: as for :func:`build`.
+        shapes: stored tensor shapes by ``state_dict`` key; lazy layers are materialized to
+            them (no dry run, ``input_shape`` is not used) before ties are resolved.
+    """
     bc = normalize(cfg)
-    bc.device, bc.device_map = "meta", None
-    return _run(bc, _plan(bc), init=False)
+    bc.device, bc.device_map, bc.input_shape = "meta", None, None
+    groups, bc.tie_groups = bc.tie_groups, []
+    model = _run(bc, _plan(bc), init=False)
+    if shapes is not None:
+        materialize_lazy(model, shapes)
+    ties = resolve_groups(model, groups) if groups else []
+    apply_ties(model, ties)
+    check_ties(model, ties)
+    model.__dict__[TIES_ATTR] = ties
+    return model
 
 
 class _Plan:
@@ -88,30 +104,22 @@ def _plan(bc: BuildConfig) -> _Plan:
     else:
         spec = _parse_node(bc.model, ROOT, ROOT, problems, 0)
     rules = parse_rules(bc.init_rules, problems)
-    target = dtype = dmap = None
-    for what, fn, arg, path in (
-        ("target", devices.resolve_device, bc.device, "device.device"),
-        ("dtype", devices.parse_dtype, bc.dtype, "device.dtype"),
-        ("dmap", devices.parse_map, bc.device_map, "device.map"),
-    ):
-        try:
-            value = fn(arg, path)
-        except ConfigError as e:
-            problems += e.problems
-        else:
-            if what == "target":
-                target = value
-            elif what == "dtype":
-                dtype = value
-            else:
-                dmap = value
-    try:
-        devices.parse_dtype(bc.input_dtype, "input_dtype")
-    except ConfigError as e:
-        problems += e.problems
+    target = _checked(devices.resolve_device, bc.device, "device.device", problems)
+    dtype = _checked(devices.parse_dtype, bc.dtype, "device.dtype", problems)
+    dmap = _checked(devices.parse_map, bc.device_map, "device.map", problems)
+    _checked(devices.parse_dtype, bc.input_dtype, "input_dtype", problems)
     if problems:
         raise ConfigError(problems)
     return _Plan(spec, rules, target, dtype, dmap)
+
+
+def _checked(fn: Any, value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+    """``fn(value, path)``, or ``None`` with its problems appended."""
+    try:
+        return fn(value, path)
+    except ConfigError as e:
+        problems += e.problems
+        return None
 
 
 @contextmanager
@@ -151,7 +159,7 @@ def _run(bc: BuildConfig, plan: _Plan, *, init: bool) -> nn.Module:
     needs_skeleton = bool(plan.dmap) or (bc.input_shape is not None and _has_lazy(plan.spec))
     node_devices: dict[int, torch.device] = {}
     substitutions: dict[int, Node] = {}
-    if needs_skeleton and target.type != "meta":
+    if needs_skeleton and (target.type != "meta" or plan.dmap):
         skeleton, records = _construct(plan, bc, Context(torch.device("meta"), seed_streams=False))
         if bc.input_shape is not None:
             skeleton, records = _dry_run(skeleton, records, plan, bc)
@@ -201,8 +209,14 @@ def _has_uninitialized(model: nn.Module) -> bool:
 
 
 def sample_input(bc: BuildConfig, device: torch.device) -> torch.Tensor:
-    """A deterministic sample of ``input_shape`` (``input_dtype``) on ``device``."""
+    """A deterministic sample of ``input_shape`` on ``device``.
+
+    Integer ``input_dtype``s (token ids) give zeros; floating ones give U(0, 1) values in
+    the model's own dtype (``device.dtype``), so a bfloat16 model gets a bfloat16 sample.
+    """
     dtype = devices.parse_dtype(bc.input_dtype, "input_dtype")
+    if dtype.is_floating_point:
+        dtype = devices.parse_dtype(bc.dtype, "device.dtype")
     shape = tuple(bc.input_shape or ())
     if device.type == "meta":
         return torch.empty(shape, dtype=dtype, device=device)
