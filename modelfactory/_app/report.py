@@ -124,6 +124,7 @@ def write_png(jobs: list[JobResult], path: Path, title: str = "") -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     ok = [j for j in jobs if j.ok]
     common = set.intersection(*(set(j.overrides) for j in ok)) if ok else set()
@@ -148,6 +149,7 @@ def write_png(jobs: list[JobResult], path: Path, title: str = "") -> Path:
     ax_w.set(xlabel="weight matrix / kernel index (forward order)", ylabel="weight std (log)")
     ax_w.set_title("weight std per layer")
     for ax in (ax_a, ax_w):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
     if ok:
