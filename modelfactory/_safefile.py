@@ -1,0 +1,264 @@
+"""The file layer of checkpoints: atomic writes, one-copy tensor tables, and the header.
+
+A modelfactory file is an ordinary safetensors file whose metadata holds ONE
+key, ``modelfactory``, a JSON document (one key, because safetensors writes
+its metadata mapping in a random order and saves must be byte-identical).
+That document carries the format version, what the file holds, and a digest
+of every tensor plus one of the document itself: the format has no checksum
+of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from .errors import CheckpointError
+
+META_KEY = "modelfactory"
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+FORMAT_VERSION = 1
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same directory, fsync, then rename over ``path``.
+
+    A crash or kill at any moment leaves ``path`` as it was, or complete.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """Hash of a tensor's bytes as stored (contiguous, little-endian)."""
+    data = t.detach().reshape(-1).view(torch.uint8).numpy()
+    return hashlib.sha256(data).hexdigest()
+
+
+def _doc_digest(doc: dict[str, Any]) -> str:
+    body = json.dumps({k: v for k, v in doc.items() if k != "digest"}, separators=(",", ":"))
+    return hashlib.blake2b(body.encode(), digest_size=16).hexdigest()
+
+
+def dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Store each shared tensor once: ``(stored, aliases)`` with ``aliases[name] = stored name``.
+
+    Identical views of one storage (tied weights, a module used twice) become aliases;
+    other overlaps are copied, since safetensors cannot store them.
+    """
+    stored: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    views: dict[tuple, str] = {}
+    storages: set[int] = set()
+    for name, t in tensors.items():
+        if t.device.type == "meta":
+            raise ValueError(f"tensor {name!r} is on the meta device: it holds no values")
+        t = t.detach().to("cpu")
+        if t.numel() == 0:
+            stored[name] = t.contiguous()
+            continue
+        ptr = t.untyped_storage().data_ptr()
+        view = (ptr, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if view in views:
+            aliases[name] = views[view]
+            continue
+        views[view] = name
+        if not t.is_contiguous():
+            t = t.contiguous()
+        elif ptr in storages:  # another view of a storage already stored
+            t = t.clone()
+        storages.add(ptr)
+        stored[name] = t
+    return stored, aliases
+
+
+def write(path: Path, tensors: dict[str, torch.Tensor], doc: dict[str, Any]) -> None:
+    """Atomically write ``tensors`` with ``doc`` (completed with version and digests)."""
+    doc = {
+        "format_version": FORMAT_VERSION,
+        **doc,
+        "tensors": {
+            k: [str(t.dtype).removeprefix("torch."), list(t.shape), tensor_digest(t)]
+            for k, t in sorted(tensors.items())
+        },
+    }
+    doc["digest"] = _doc_digest(doc)
+    meta = {META_KEY: json.dumps(doc, separators=(",", ":"))}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+@dataclass
+class Header:
+    """What a file's header says: its document, and the tensor index safetensors checked."""
+
+    file: Path
+    doc: dict[str, Any] | None  # None: a plain safetensors file
+    index: dict[str, tuple[str, tuple[int, ...]]]  # name -> (dtype, shape)
+
+
+def read_header(file: Path, *, require: str | None = None) -> Header:
+    """Open ``file``, check its header and modelfactory document.
+
+    Args:
+        file: a ``.safetensors`` file.
+        require: the ``kind`` the document must have (``"model"``); ``None`` also accepts
+            plain safetensors files.
+
+    Raises:
+        CheckpointError: missing, truncated or corrupt file, a document that is not
+            modelfactory's, or a newer format version.
+    """
+    if not file.is_file():
+        raise CheckpointError(file, "no such checkpoint file")
+    try:
+        with safe_open(file, framework="pt") as f:
+            meta = f.metadata() or {}
+            index = {}
+            names = f.keys()
+            for k in names:
+                s = f.get_slice(k)
+                index[k] = (s.get_dtype(), tuple(s.get_shape()))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(file, f"not a readable safetensors file ({e})") from e
+    if META_KEY not in meta:
+        if require is None:
+            return Header(file, None, index)
+        raise CheckpointError(
+            file,
+            "not a modelfactory checkpoint: its metadata has no 'modelfactory' entry (saved by "
+            "another tool?); read its tensors with load_tensors() or load_weights()",
+        )
+    return Header(file, _parse_doc(file, meta[META_KEY], index, require), index)
+
+
+def _parse_doc(file: Path, text: str, index: dict, require: str | None) -> dict[str, Any]:
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise CheckpointError(file, f"corrupt modelfactory metadata: not JSON ({e})") from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("format_version"), int):
+        raise CheckpointError(file, "corrupt modelfactory metadata: no integer format_version")
+    version = doc["format_version"]
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            file,
+            f"format version {version} is newer than this modelfactory reads "
+            f"({FORMAT_VERSION}); upgrade modelfactory",
+        )
+    if doc.get("digest") != _doc_digest(doc):
+        raise CheckpointError(file, "corrupt modelfactory metadata: its digest does not match")
+    if require is not None and doc.get("kind") != require:
+        raise CheckpointError(
+            file, f"holds {doc.get('kind')!r}, not a {require}; use load_tensors() for it"
+        )
+    listed = {k: (v[0], tuple(v[1])) for k, v in doc.get("tensors", {}).items()}
+    seen = {k: (_dtype_name(d), s) for k, (d, s) in index.items()}
+    if listed != seen:
+        diff = sorted(set(listed.items()) ^ set(seen.items()))
+        raise CheckpointError(
+            file, f"tensor index does not match its metadata: {', '.join(k for k, _ in diff[:5])}"
+        )
+    return doc
+
+
+_ST_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+    "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+    "U16": "uint16", "U32": "uint32", "U64": "uint64", "C64": "complex64",
+}  # fmt: skip
+
+
+def _dtype_name(st: str) -> str:
+    return _ST_DTYPES.get(st, st)
+
+
+def read_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """All tensors of ``file``, memory-mapped (pages are read when first touched)."""
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(file, f"cannot read tensors ({e})") from e
+
+
+def first_bad_tensor(header: Header) -> str | None:
+    """The first tensor (in file order) whose bytes do not match the stored digest."""
+    listed = (header.doc or {}).get("tensors", {})
+    try:
+        with safe_open(header.file, framework="pt") as f:
+            for k in _file_order(header.file, list(f.keys())):
+                if tensor_digest(f.get_tensor(k)) != listed[k][2]:
+                    return k
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(header.file, f"cannot read tensors ({e})") from e
+    return None
+
+
+def _file_order(file: Path, names: list[str]) -> list[str]:
+    """``names`` sorted by where their data starts in the file."""
+    with open(file, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        index = json.loads(fh.read(n))
+    return sorted(names, key=lambda k: index[k]["data_offsets"][0])
+
+
+def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path | None]:
+    """``(file, config.yaml copy or None)`` for a checkpoint directory or file."""
+    path = Path(path)
+    if path.is_dir():
+        return path / MODEL_FILE, path / CONFIG_FILE if (path / CONFIG_FILE).is_file() else None
+    copy = path.with_name(CONFIG_FILE)
+    return path, copy if path.name == MODEL_FILE and copy.is_file() else None
+
+
+def compare_copy(copy: Path, config: dict[str, Any], file: Path) -> None:
+    try:
+        other: Any = yaml.safe_load(copy.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        other = e
+    if other != config:
+        warnings.warn(
+            f"{copy} differs from the config embedded in {file}; using the embedded one",
+            stacklevel=3,
+        )
+
+
+def versions() -> dict[str, str]:
+    import safetensors
+
+    from . import __version__
+
+    return {
+        "modelfactory": __version__,
+        "torch": torch.__version__,
+        "safetensors": safetensors.__version__,
+    }

@@ -1,0 +1,198 @@
+"""A model's saved state, beyond ``state_dict``: non-persistent buffers, aliases, modes.
+
+``state_dict`` leaves out non-persistent buffers, and a model rebuilt on ``meta``
+would have none of their values, so they are stored too (and listed). Loading
+with ``assign=True`` gives every key its own ``Parameter``: aliases (two names
+of one stored tensor) are made one object again here, before ties are checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parameter import is_lazy
+
+from ._config import normalize
+from .errors import CheckpointError, ModelFactoryError
+from .factory import CONFIG_ATTR, build, build_skeleton
+
+__all__ = [
+    "assign",
+    "collect",
+    "config_of",
+    "eval_modules",
+    "expected",
+    "fit",
+    "lazy_names",
+    "mismatches",
+    "restore_modes",
+    "signature",
+    "skeleton",
+    "with_dtype",
+]
+
+
+def collect(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state_dict`` plus non-persistent buffers; returns ``(tensors, nonpersistent names)``."""
+    tensors = dict(model.state_dict())
+    extra = []
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        for name in sorted(module._non_persistent_buffers_set):
+            buf = module._buffers.get(name)
+            key = f"{prefix}.{name}" if prefix else name
+            if buf is not None and key not in tensors:
+                tensors[key] = buf.detach()
+                extra.append(key)
+    return tensors, extra
+
+
+def lazy_names(model: nn.Module) -> list[str]:
+    """Parameters and buffers that are still uninitialized (lazy)."""
+    named = [*model.named_parameters(), *model.named_buffers()]
+    return [n for n, t in named if is_lazy(t)]
+
+
+def signature(
+    tensors: Mapping[str, torch.Tensor],
+) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    return {k: (t.dtype, tuple(t.shape)) for k, t in tensors.items()}
+
+
+def mismatches(
+    expected: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
+    found: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
+) -> list[str]:
+    """One line per missing, unexpected, shape- or dtype-mismatched key."""
+    out = [
+        f"missing: {k!r} (the config builds it, the file lacks it)"
+        for k in expected
+        if k not in found
+    ]
+    out += [
+        f"unexpected: {k!r} (in the file, not in the model)" for k in found if k not in expected
+    ]
+    for k, (dtype, shape) in found.items():
+        if k not in expected:
+            continue
+        want_dtype, want_shape = expected[k]
+        if shape != want_shape:
+            out.append(
+                f"shape: {k!r} is {list(shape)} in the file, {list(want_shape)} in the model"
+            )
+        elif dtype != want_dtype:
+            out.append(
+                f"dtype: {k!r} is {_name(dtype)} in the file, {_name(want_dtype)} in the model"
+            )
+    return out
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def assign(
+    model: nn.Module,
+    tensors: Mapping[str, torch.Tensor],
+    nonpersistent: Iterable[str],
+    aliases: Mapping[str, str],
+) -> nn.Module:
+    """Put ``tensors`` into ``model`` without copying (``assign=True``), then re-join aliases."""
+    extra = set(nonpersistent)
+    model.load_state_dict(
+        {k: t for k, t in tensors.items() if k not in extra}, strict=False, assign=True
+    )
+    for key in extra:
+        if key in tensors:
+            owner, leaf = _owner(model, key)
+            owner._buffers[leaf] = tensors[key]
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for alias, source in aliases.items():
+        if alias in params and source in params and params[alias] is not params[source]:
+            owner, leaf = _owner(model, alias)
+            setattr(owner, leaf, params[source])
+    return model
+
+
+def _owner(model: nn.Module, key: str) -> tuple[nn.Module, str]:
+    parent, _, leaf = key.rpartition(".")
+    return (model.get_submodule(parent) if parent else model), leaf
+
+
+def eval_modules(model: nn.Module) -> list[str]:
+    """Names of the modules in eval mode (the rest are in training mode)."""
+    return [name for name, m in model.named_modules() if not m.training]
+
+
+def restore_modes(model: nn.Module, in_eval: Iterable[str]) -> nn.Module:
+    """Put each module back in the train/eval mode it was saved in."""
+    model.train()
+    modules = dict(model.named_modules())
+    for name in in_eval:
+        if name in modules:
+            modules[name].training = False
+    return model
+
+
+def config_of(model: nn.Module, cfg: Any, file: Path) -> dict[str, Any]:
+    if cfg is None:
+        cfg = model.__dict__.get(CONFIG_ATTR)
+        if cfg is None:
+            raise CheckpointError(
+                file,
+                f"this {type(model).__name__} was not made by modelfactory.build, so its "
+                "architecture is unknown; pass cfg= (the config that builds it)",
+            )
+    return normalize(cfg).resolved
+
+
+def with_dtype(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The config, with ``device.dtype`` set to the model's floating dtype if it has one."""
+    floats = {t.dtype for t in tensors.values() if t.dtype.is_floating_point}
+    if len(floats) != 1:
+        return config
+    name = str(floats.pop()).removeprefix("torch.")
+    return {**config, "device": {**config.get("device", {}), "dtype": name}}
+
+
+def skeleton(config: dict[str, Any], shapes: dict[str, Any], file: Path) -> nn.Module:
+    """The architecture on ``meta``; init rules are not needed (nothing is initialized)."""
+    try:
+        return build_skeleton({**config, "init": {"rules": []}}, shapes)
+    except ModelFactoryError as e:
+        raise CheckpointError(file, f"the embedded config does not build:\n{e}") from e
+
+
+def expected(skeleton: nn.Module, nonpersistent: list[str]) -> dict[str, Any]:
+    """Name -> (dtype, shape) of every tensor the rebuilt architecture wants."""
+    out = signature(skeleton.state_dict(keep_vars=True))
+    buffers = dict(skeleton.named_buffers(remove_duplicate=False))
+    out.update(signature({k: buffers[k] for k in nonpersistent if k in buffers}))
+    return out
+
+
+def fit(
+    skeleton: nn.Module,
+    config: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    expected: dict[str, Any],
+    nonpersistent: list[str],
+    aliases: dict[str, str],
+) -> nn.Module:
+    """Non-strict load: keep what fits (cast), and the config's seeded init for the rest."""
+    fits = {
+        k: t.to(expected[k][0])
+        for k, t in tensors.items()
+        if k in expected and tuple(t.shape) == expected[k][1]
+    }
+    if len(fits) == len(expected):
+        return assign(skeleton, fits, nonpersistent, aliases)
+    model = build({**config, "device": {**config.get("device", {}), "device": "cpu"}})
+    with torch.no_grad():
+        own = {**model.state_dict(keep_vars=True), **dict(model.named_buffers())}
+        for k, t in fits.items():
+            own[k].copy_(t)
+    return model

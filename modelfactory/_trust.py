@@ -1,0 +1,155 @@
+"""Which ``_target_``s a checkpoint's config may name.
+
+A checkpoint is untrusted input: its config could name any importable callable
+(``os.system``) with any arguments. Before anything is imported, every
+``_target_`` anywhere in the config (model tree, ``_args_``, nested lists and
+mappings, unbuilt ``_recursive_: false`` values, init rule ``fn``s) is checked
+as a plain string against the allowed prefixes. Only then are the model's
+targets imported, and each must be an ``nn.Module`` class that really lives
+under an allowed prefix (so ``torch.nn.functional.torch.load`` does not pass
+for ``torch.nn``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from torch import nn
+
+from ._targets import TargetNotFound, locate, qualified_name
+from .errors import CheckpointError, UntrustedTargetError, path_join
+
+__all__ = ["check_config", "parse_trusted"]
+
+MODULE_PREFIXES = ("torch.nn", "modelfactory")
+# Init functions are called with arguments taken from the file, so by default only the
+# initializer modules are allowed, not everything under torch.nn / modelfactory.
+INIT_PREFIXES = ("torch.nn.init", "modelfactory.init")
+
+
+def parse_trusted(trusted: Iterable[str], file: object) -> tuple[str, ...]:
+    """``["mypkg.*", "other.Block"]`` -> ``("mypkg", "other.Block")``; ``"*"`` trusts every name."""
+    if isinstance(trusted, str):
+        trusted = [trusted]
+    out = []
+    for entry in trusted:
+        if not isinstance(entry, str) or not entry.strip():
+            raise CheckpointError(
+                file, f"trusted: expected dotted prefixes such as 'mypkg.*', got {entry!r}"
+            )
+        out.append(entry.strip().removesuffix("*").removesuffix("."))
+    return tuple(out)
+
+
+def _allowed(name: str, prefixes: Iterable[str]) -> bool:
+    return any(p == "" or name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def check_config(cfg: dict[str, Any], file: object, trusted: tuple[str, ...]) -> None:
+    """Refuse a checkpoint config that names untrusted targets or holds interpolations.
+
+    Raises:
+        UntrustedTargetError: listing every offending ``_target_`` with its config path.
+        CheckpointError: the config holds ``${...}`` interpolations (a saved config is
+            already resolved; resolving one from a file could read the environment).
+    """
+    targets: list[tuple[str, str]] = []
+    interpolations: list[str] = []
+    _walk(cfg, "", trusted, targets, interpolations)
+    if not targets:
+        # Strings passed: import the model's targets and check what they really are.
+        _check_modules(cfg.get("model"), "model", (*MODULE_PREFIXES, *trusted), targets)
+        _check_init_fns(cfg.get("init"), (*INIT_PREFIXES, *trusted), targets)
+    if targets:
+        allowed = ", ".join((*MODULE_PREFIXES, *(f"{t}.*" if t else "*" for t in trusted)))
+        lines = "\n".join(f"  {path}: {msg}" for path, msg in targets)
+        raise UntrustedTargetError(
+            file,
+            "the embedded config names targets that are not trusted, nothing was imported "
+            f"or called:\n{lines}\nAllowed: {allowed}. Pass trusted=['mypkg.*'] to load(), "
+            "only for files you trust.",
+        )
+    if interpolations:
+        raise CheckpointError(
+            file,
+            "the embedded config holds interpolations, which a saved (resolved) config never "
+            "has: " + ", ".join(interpolations),
+        )
+
+
+def _walk(
+    v: Any,
+    path: str,
+    trusted: tuple[str, ...],
+    targets: list[tuple[str, str]],
+    interpolations: list[str],
+) -> None:
+    if isinstance(v, dict):
+        for k, x in v.items():
+            sub = path_join(path, k)
+            if isinstance(k, str) and "${" in k:
+                interpolations.append(sub)
+            if k == "_target_":
+                in_init = path.startswith("init.")
+                prefixes = (*(INIT_PREFIXES if in_init else MODULE_PREFIXES), *trusted)
+                if not isinstance(x, str):
+                    targets.append((sub, f"expected a dotted name, got {x!r}"))
+                elif not _allowed(x, prefixes):
+                    targets.append((sub, f"{x!r} is not under a trusted prefix"))
+            _walk(x, sub, trusted, targets, interpolations)
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            _walk(x, path_join(path, i), trusted, targets, interpolations)
+    elif isinstance(v, str) and "${" in v:
+        interpolations.append(path)
+
+
+def _check_modules(
+    v: Any, path: str, prefixes: tuple[str, ...], targets: list[tuple[str, str]]
+) -> None:
+    """Every model target must be an ``nn.Module`` class living under an allowed prefix."""
+    if isinstance(v, dict):
+        name = v.get("_target_")
+        if isinstance(name, str):
+            where = path_join(path, "_target_")
+            try:
+                obj = locate(name)
+            except TargetNotFound as e:
+                targets.append((where, f"cannot resolve {name!r}: {e}"))
+                obj = None
+            if obj is not None:
+                if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+                    targets.append(
+                        (where, f"{name!r} is a {type(obj).__name__}, not an nn.Module class")
+                    )
+                elif not _allowed(qualified_name(obj), prefixes):
+                    targets.append(
+                        (where, f"{name!r} is {qualified_name(obj)}, not under a trusted prefix")
+                    )
+        for k, x in v.items():
+            if k != "_target_":
+                _check_modules(x, path_join(path, k), prefixes, targets)
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            _check_modules(x, path_join(path, i), prefixes, targets)
+
+
+def _check_init_fns(init: Any, prefixes: tuple[str, ...], targets: list[tuple[str, str]]) -> None:
+    """Init functions (called only by a non-strict load) must really live under a prefix."""
+    rules = init.get("rules") if isinstance(init, dict) else None
+    for i, rule in enumerate(rules if isinstance(rules, list) else []):
+        fn = rule.get("fn") if isinstance(rule, dict) else None
+        name = fn.get("_target_") if isinstance(fn, dict) else None
+        if not isinstance(name, str):
+            continue
+        where = f"init.rules.{i}.fn._target_"
+        try:
+            obj = locate(name)
+        except TargetNotFound as e:
+            targets.append((where, f"cannot resolve {name!r}: {e}"))
+            continue
+        if not callable(obj) or not _allowed(qualified_name(obj), prefixes):
+            targets.append(
+                (where, f"{name!r} is {qualified_name(obj)}, not under a trusted prefix")
+            )

@@ -1,0 +1,319 @@
+"""Checkpoints that restore their own architecture, safely and bit-exactly.
+
+``save`` writes ``model.safetensors`` (the checkpoint: tensors plus the resolved
+config, format version, ties, library versions and digests in its metadata)
+and ``config.yaml`` (a copy of the config for people, written first). ``load``
+checks the config's targets, rebuilds the architecture on ``meta`` with no
+init, assigns the memory-mapped tensors, re-applies ties and places the model.
+No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import yaml
+from torch import nn
+from torch.nn.parameter import is_lazy
+
+from . import _safefile as sf
+from . import _state
+from ._trust import check_config, parse_trusted
+from .device import parse_dtype, resolve_device
+from .errors import CheckpointError, ModelFactoryError
+from .factory import CONFIG_ATTR, TIES_ATTR
+from .tie import apply_ties, check_ties
+
+__all__ = ["Verified", "load", "load_tensors", "load_weights", "save", "save_tensors", "verify"]
+
+MODEL_FILE, CONFIG_FILE = sf.MODEL_FILE, sf.CONFIG_FILE
+Pathish = str | os.PathLike
+
+
+def save(model: nn.Module, path: Pathish, *, cfg: Any = None) -> Path:
+    """Save ``model`` with its architecture, atomically.
+
+    Args:
+        model: a model made by :func:`modelfactory.build` (it carries its config), or any
+            model together with ``cfg``.
+        path: a directory (gets ``model.safetensors`` and ``config.yaml``), or a file name
+            ending in ``.safetensors`` (the file alone; its embedded config suffices).
+        cfg: the config that builds ``model``'s architecture; defaults to the one ``build``
+            kept on the model.
+
+    Returns:
+        The ``.safetensors`` file written.
+
+    Raises:
+        CheckpointError: no config, lazy layers not materialized, broken ties, or a model
+            that no longer matches its config.
+    """
+    path = Path(path)
+    file = path if path.suffix == ".safetensors" else path / MODEL_FILE
+    config = _state.config_of(model, cfg, file)
+    lazy = _state.lazy_names(model)
+    if lazy:
+        raise CheckpointError(
+            file,
+            f"lazy layers are not materialized ({', '.join(lazy[:5])}): their shapes are not "
+            "known yet; build with input_shape set (or run one forward) before saving",
+        )
+    tensors, nonpersistent = _state.collect(model)
+    config = _state.with_dtype(config, tensors)
+    skeleton = _state.skeleton(config, {k: t.shape for k, t in tensors.items()}, file)
+    problems = _state.mismatches(
+        _state.expected(skeleton, nonpersistent), _state.signature(tensors)
+    )
+    if problems:
+        raise CheckpointError(
+            file,
+            "the model no longer matches the config it was built from; pass cfg= describing "
+            "it:\n  " + "\n  ".join(problems),
+        )
+    ties = skeleton.__dict__[TIES_ATTR]
+    try:
+        check_ties(model, ties)
+        stored, aliases = sf.dedupe(tensors)
+    except (ModelFactoryError, ValueError) as e:
+        raise CheckpointError(file, f"cannot save: {e}") from e
+    doc = {
+        "kind": "model",
+        "config": config,
+        "ties": [[kind, names] for kind, names in ties],
+        "aliases": aliases,
+        "nonpersistent": nonpersistent,
+        "eval": _state.eval_modules(model),
+        "versions": sf.versions(),
+    }
+    file.parent.mkdir(parents=True, exist_ok=True)
+    if file.name == MODEL_FILE and file.parent == path:
+        text = "# A copy for people: the config embedded in model.safetensors is the authority.\n"
+        text += yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
+        sf.atomic_write(path / CONFIG_FILE, lambda tmp: tmp.write_text(text))
+    sf.write(file, stored, doc)
+    return file
+
+
+def load(
+    path: Pathish,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    trusted: tuple[str, ...] | list[str] = (),
+    strict: bool = True,
+) -> nn.Module:
+    """Rebuild a saved model from its checkpoint alone.
+
+    The model comes back in the train/eval mode of each module at save time; its outputs
+    equal the saved model's bit for bit on the same device type and dtype.
+
+    Args:
+        path: a checkpoint directory or its ``.safetensors`` file.
+        device: where to place the model (``cpu``, ``cuda:1``, ``auto``...); ``None`` means
+            the CPU, whatever device the model was saved from.
+        dtype: cast floating parameters and buffers after loading (``"bfloat16"``).
+        trusted: extra ``_target_`` prefixes the checkpoint's config may name
+            (``["mypkg.*"]``); ``torch.nn`` and ``modelfactory`` are always allowed.
+        strict: every tensor must match the rebuilt architecture in name, shape and dtype.
+            With ``strict=False`` mismatches are warned about: unexpected tensors are
+            ignored, dtype mismatches cast, and missing or mis-shaped ones keep the
+            config's seeded initialization.
+
+    Returns:
+        The model, with ties restored as identity.
+
+    Raises:
+        UntrustedTargetError: the config names a target outside the trusted prefixes.
+        CheckpointError: a missing or corrupt file, or (strict) tensors that do not fit.
+    """
+    file, copy = sf.checkpoint_paths(path)
+    doc = sf.read_header(file, require="model").doc or {}
+    config = doc.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise CheckpointError(file, "corrupt modelfactory metadata: no model config")
+    check_config(config, file, parse_trusted(trusted, file))
+    if copy is not None:
+        sf.compare_copy(copy, config, file)
+    target = resolve_device(device if device is not None else "cpu", "device")
+    cast = parse_dtype(dtype, "dtype") if dtype is not None else None
+    nonpersistent = list(doc.get("nonpersistent", []))
+    aliases = dict(doc.get("aliases", {}))
+    tensors = sf.read_tensors(file)
+    tensors.update({a: tensors[s] for a, s in aliases.items() if s in tensors})
+    model = _state.skeleton(config, {k: t.shape for k, t in tensors.items()}, file)
+    expected = _state.expected(model, nonpersistent)
+    problems = _state.mismatches(expected, _state.signature(tensors))
+    if problems and strict:
+        raise CheckpointError(
+            file,
+            f"does not fit the model its config builds ({len(problems)} problems; "
+            "load(strict=False) to load what fits):\n  " + "\n  ".join(problems),
+        )
+    if problems:
+        warnings.warn(f"{file}: loading what fits:\n  " + "\n  ".join(problems), stacklevel=2)
+        model = _state.fit(model, config, tensors, expected, nonpersistent, aliases)
+    else:
+        _state.assign(model, tensors, nonpersistent, aliases)
+    ties = model.__dict__[TIES_ATTR]
+    apply_ties(model, ties)
+    check_ties(model, ties)
+    _state.restore_modes(model, doc.get("eval", []))
+    if cast is not None:
+        model.to(cast)
+    if target.type != "cpu":
+        model.to(target)
+    device_cfg = {**config.get("device", {}), "device": str(target)}
+    if cast is not None:
+        device_cfg["dtype"] = str(cast).removeprefix("torch.")
+    model.__dict__[CONFIG_ATTR] = {**config, "device": device_cfg}
+    return model
+
+
+def load_weights(
+    model: nn.Module,
+    path: Pathish,
+    prefix_map: dict[str, str] | None = None,
+    strict: bool = True,
+) -> nn.Module:
+    """Copy stored tensors into an existing model, in place (keeps its device, dtype, ties).
+
+    Args:
+        model: the model to fill.
+        path: a checkpoint directory or any ``.safetensors`` file.
+        prefix_map: ``{"0.": "encoder."}`` uses only the stored tensors under a listed prefix,
+            renamed to the model's prefix. ``None`` uses every tensor under its own name.
+        strict: every used tensor must land on a same-shaped parameter or buffer, and every
+            model tensor under a target prefix (all of them without ``prefix_map``) must
+            get one. Dtypes are cast.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        CheckpointError: (strict) tensors that do not fit, listed together.
+    """
+    file, _ = sf.checkpoint_paths(path)
+    header = sf.read_header(file)
+    doc = header.doc or {}
+    tensors = sf.read_tensors(file)
+    tensors.update({a: tensors[s] for a, s in doc.get("aliases", {}).items() if s in tensors})
+    for key in doc.get("nonpersistent", []):
+        tensors.pop(key, None)
+    mapping = {"": ""} if prefix_map is None else dict(prefix_map)
+    chosen: dict[str, torch.Tensor] = {}
+    for key, t in tensors.items():
+        src = max((p for p in mapping if key.startswith(p)), key=len, default=None)
+        if src is not None:
+            chosen[mapping[src] + key[len(src) :]] = t
+    own = model.state_dict(keep_vars=True)
+    covered = {k: v for k, v in own.items() if any(k.startswith(d) for d in mapping.values())}
+    problems = [f"uninitialized (lazy): {k!r}" for k in chosen if k in own and is_lazy(own[k])]
+    sigs = {k: (v.dtype, tuple(v.shape)) for k, v in chosen.items()}
+    own_sigs = {k: (sigs.get(k, (v.dtype,))[0], tuple(v.shape)) for k, v in covered.items()}
+    problems += _state.mismatches(own_sigs, sigs) if not problems else []
+    if strict and problems:
+        raise CheckpointError(file, "tensors do not fit the model:\n  " + "\n  ".join(problems))
+    with torch.no_grad():
+        for key, t in chosen.items():
+            if key in own and not is_lazy(own[key]) and own[key].shape == t.shape:
+                own[key].copy_(t)
+    return model
+
+
+def save_tensors(obj: torch.Tensor | list | tuple | dict, path: Pathish) -> Path:
+    """Save a tensor, a list/tuple of tensors or a dict str -> tensor, atomically.
+
+    Args:
+        obj: what to save; :func:`load_tensors` gives back the same container type.
+        path: the ``.safetensors`` file to write.
+
+    Returns:
+        The file written.
+
+    Raises:
+        CheckpointError: ``obj`` is not one of those containers of tensors.
+    """
+    path = Path(path)
+    if isinstance(obj, torch.Tensor):
+        container, named = "tensor", {"tensor": obj}
+    elif isinstance(obj, (list, tuple)):
+        container, named = type(obj).__name__, {str(i): t for i, t in enumerate(obj)}
+    elif isinstance(obj, dict):
+        container, named = "dict", dict(obj)
+    else:
+        raise CheckpointError(
+            path, f"expected a tensor, a list or a dict of tensors, got {type(obj).__name__}"
+        )
+    bad = [k for k, t in named.items() if not isinstance(k, str) or not isinstance(t, torch.Tensor)]
+    if bad:
+        raise CheckpointError(
+            path,
+            f"every entry must be a tensor under a string key; not: {', '.join(map(repr, bad))}",
+        )
+    try:
+        stored, aliases = sf.dedupe(named)
+    except ValueError as e:
+        raise CheckpointError(path, f"cannot save: {e}") from e
+    doc = {"kind": "tensors", "container": container, "keys": list(named), "aliases": aliases}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, stored, {**doc, "versions": sf.versions()})
+    return path
+
+
+def load_tensors(path: Pathish) -> torch.Tensor | list | tuple | dict:
+    """Load what :func:`save_tensors` saved (memory-mapped), in its container type.
+
+    A plain safetensors file (or a model checkpoint) gives a dict name -> tensor.
+
+    Raises:
+        CheckpointError: a missing or corrupt file.
+    """
+    file, _ = sf.checkpoint_paths(path)
+    doc = sf.read_header(file).doc or {}
+    tensors = sf.read_tensors(file)
+    tensors.update({a: tensors[s] for a, s in doc.get("aliases", {}).items() if s in tensors})
+    if doc.get("kind") != "tensors":
+        return tensors
+    items = [tensors[k] for k in doc["keys"]]
+    container = doc.get("container")
+    if container == "tensor":
+        return items[0]
+    if container in ("list", "tuple"):
+        return items if container == "list" else tuple(items)
+    return dict(zip(doc["keys"], items, strict=True))
+
+
+class Verified(NamedTuple):
+    """What :func:`verify` checked."""
+
+    file: Path
+    tensors: int
+    nbytes: int
+
+
+def verify(path: Pathish) -> Verified:
+    """Recompute every digest stored at save time and compare.
+
+    Args:
+        path: a checkpoint directory or a ``.safetensors`` file written by modelfactory.
+
+    Returns:
+        The file, how many tensors and bytes were checked.
+
+    Raises:
+        CheckpointError: naming the first tensor (in file order) whose bytes changed, or
+            what else is wrong with the file.
+    """
+    file, _ = sf.checkpoint_paths(path)
+    header = sf.read_header(file)
+    if header.doc is None:
+        raise CheckpointError(file, "has no modelfactory digests to verify (saved by another tool)")
+    bad = sf.first_bad_tensor(header)
+    if bad is not None:
+        raise CheckpointError(
+            file, f"tensor {bad!r} does not match the digest stored at save time: corrupt data"
+        )
+    return Verified(file, len(header.index), file.stat().st_size)
