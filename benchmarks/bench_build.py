@@ -24,12 +24,15 @@ from modelfactory.configs import compose
 from modelfactory.layers import CausalSelfAttention, TokenPositionEmbedding
 
 
-def best_of(fn: Callable[[], object], n: int = 7) -> float:
-    best = float("inf")
+def best_of(fns: dict[str, Callable[[], object]], n: int = 7) -> dict[str, float]:
+    """Minimum time of each function over ``n`` rounds, run interleaved so that load spikes
+    on a shared machine hit every case alike."""
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
     return best
 
 
@@ -86,31 +89,16 @@ def main() -> None:
     deep_mf = {"model": deep}
     gpt_cfg = compose(["model=gpt2"])
     mf.build(deep)
-    rows = []
-
-    t_hand = best_of(deep_by_hand)
-    t_mf = best_of(lambda: mf.build(deep_mf))
-    t_mf_init = best_of(
-        lambda: mf.build(
+    init_rules = {
+        "rules": [
             {
-                **deep_mf,
-                "init": {
-                    "rules": [
-                        {
-                            "modules": ["Linear"],
-                            "params": "*weight",
-                            "fn": {"_target_": "torch.nn.init.normal_", "std": 0.01},
-                        },
-                        {
-                            "modules": ["Linear"],
-                            "params": "*bias",
-                            "fn": {"_target_": "torch.nn.init.zeros_"},
-                        },
-                    ]
-                },
-            }
-        )
-    )
+                "modules": ["Linear"],
+                "params": "*weight",
+                "fn": {"_target_": "torch.nn.init.normal_", "std": 0.01},
+            },
+            {"modules": ["Linear"], "params": "*bias", "fn": {"_target_": "torch.nn.init.zeros_"}},
+        ]
+    }
 
     def hand_init() -> None:
         m = deep_by_hand()
@@ -120,28 +108,39 @@ def main() -> None:
                     nn.init.normal_(mod.weight, std=0.01)
                     nn.init.zeros_(mod.bias)
 
-    t_hand_init = best_of(hand_init)
-    t_meta = best_of(lambda: mf.build(deep_mf, device="meta"))
     dc = OmegaConf.create(deep)
-    t_hydra = best_of(lambda: instantiate(dc), n=3)
-    rows += [
-        ("deep 200 blocks: by hand", t_hand, 1.0),
-        ("deep 200 blocks: mf.build", t_mf, t_mf / t_hand),
-        ("deep 200 blocks: hydra instantiate", t_hydra, t_hydra / t_hand),
-        ("deep + normal/zeros init: by hand", t_hand_init, 1.0),
-        ("deep + normal/zeros init: mf.build", t_mf_init, t_mf_init / t_hand_init),
-        ("deep on meta: mf.build", t_meta, t_meta / t_hand),
+    t = best_of(
+        {
+            "hand": deep_by_hand,
+            "mf": lambda: mf.build(deep_mf),
+            "hand_init": hand_init,
+            "mf_init": lambda: mf.build({**deep_mf, "init": init_rules}),
+            "meta": lambda: mf.build(deep_mf, device="meta"),
+        },
+        n=15,
+    )
+    t_hydra = best_of({"hydra": lambda: instantiate(dc)}, n=3)["hydra"]
+    rows = [
+        ("deep 200 blocks: by hand", t["hand"], 1.0),
+        ("deep 200 blocks: mf.build", t["mf"], t["mf"] / t["hand"]),
+        ("deep 200 blocks: hydra instantiate", t_hydra, t_hydra / t["hand"]),
+        ("deep + normal/zeros init: by hand", t["hand_init"], 1.0),
+        ("deep + normal/zeros init: mf.build", t["mf_init"], t["mf_init"] / t["hand_init"]),
+        ("deep on meta: mf.build", t["meta"], t["meta"] / t["hand"]),
     ]
-
-    g_hand = best_of(gpt_by_hand)
-    g_mf = best_of(lambda: mf.build(gpt_cfg))
-    g_meta = best_of(lambda: mf.build(gpt_cfg, device="meta"))
+    g = best_of(
+        {
+            "hand": gpt_by_hand,
+            "mf": lambda: mf.build(gpt_cfg),
+            "meta": lambda: mf.build(gpt_cfg, device="meta"),
+        }
+    )
     rows += [
-        ("GPT-2 124M: by hand", g_hand, 1.0),
-        ("GPT-2 124M: mf.build (tied head)", g_mf, g_mf / g_hand),
-        ("GPT-2 124M on meta: mf.build", g_meta, g_meta / g_hand),
+        ("GPT-2 124M: by hand", g["hand"], 1.0),
+        ("GPT-2 124M: mf.build (tied head)", g["mf"], g["mf"] / g["hand"]),
+        ("GPT-2 124M on meta: mf.build", g["meta"], g["meta"] / g["hand"]),
     ]
-    print(f"{'case':40s} {'min of 7':>12s} {'ratio':>8s}")
+    print(f"{'case':40s} {"best":>12s} {'ratio':>8s}")
     for name, t, r in rows:
         print(f"{name:40s} {t * 1e3:10.2f}ms {r:7.2f}x")
 

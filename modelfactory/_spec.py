@@ -105,7 +105,10 @@ def _parse_node(
     partial: bool = False,
 ) -> Node:
     name = tree["_target_"]
-    target = _resolve(name, path, problems)
+    info = _INFO.get(name) if type(name) is str else None
+    if info is None:
+        info = _target_info(name, path, problems)
+    target = info.target
     if "_partial_" in tree or "_recursive_" in tree:
         for k in ("_partial_", "_recursive_"):
             if k in tree and not isinstance(tree[k], bool):
@@ -118,25 +121,28 @@ def _parse_node(
     if depth > MAX_DEPTH:
         problems.append((path, f"config nests deeper than {MAX_DEPTH} levels"))
         return node
-    digest = [qualified_name(target) if target is not None else str(name)]
-    # Arguments a block declares as not part of its identity (Repeat's ``n``: growing a
-    # stack keeps the values of the copies it already had).
-    ignore = getattr(target, "_mf_stream_ignore", ())
+    digest = []
+    known = info.known  # argument names of the target: certainly identifiers, not special
+    ignore = info.ignore
     dynamic = False
     kwargs: dict[str, Any] = {}
     for k, v in tree.items():
-        if k in _HYDRA_KEYS:
-            continue
-        if not isinstance(k, str) or not k.isidentifier():
-            problems.append((path_join(path, k), "argument names must be Python identifiers"))
-            continue
-        if k[0] == "_" and k[-1] == "_":
-            problems.append(
-                (path_join(path, k), f"unknown special key; expected one of {sorted(_HYDRA_KEYS)}")
-            )
-            continue
+        if k not in known:
+            if k in _HYDRA_KEYS:
+                continue
+            if not isinstance(k, str) or not k.isidentifier():
+                problems.append((path_join(path, k), "argument names must be Python identifiers"))
+                continue
+            if k[0] == "_" and k[-1] == "_":
+                problems.append(
+                    (
+                        path_join(path, k),
+                        f"unknown special key; expected one of {sorted(_HYDRA_KEYS)}",
+                    )
+                )
+                continue
         if type(v) is dict or type(v) is list:
-            v, holds = parse_value(v, path_join(path, k), k, problems, depth, None)
+            v, holds = parse_value(v, f"{path}.{k}", k, problems, depth, None)
             dynamic = dynamic or holds
             if not holds:
                 node.mutable = True
@@ -145,54 +151,70 @@ def _parse_node(
             digest.append(f"{k}={v!r}")
         kwargs[k] = v
     node.kwargs = kwargs
-    raw_args = tree.get("_args_", [])
-    if not isinstance(raw_args, list):
-        problems.append((path_join(path, "_args_"), f"expected a list, got {_kind(raw_args)}"))
-        raw_args = []
+    raw_args = tree.get("_args_", ())
     if raw_args:
+        if not isinstance(raw_args, list):
+            problems.append((path_join(path, "_args_"), f"expected a list, got {_kind(raw_args)}"))
+            raw_args = ()
         siblings: dict[str, int] = {}
         for i, v in enumerate(raw_args):
-            v, holds = parse_value(
-                v, path_join(path, f"_args_.{i}"), "_args_", problems, depth, siblings
-            )
+            v, holds = parse_value(v, f"{path}._args_.{i}", "_args_", problems, depth, siblings)
             dynamic = dynamic or holds
             if not holds:
                 node.mutable = node.mutable or isinstance(v, (list, dict))
                 digest.append(_digest_value(v))
             node.args.append(v)
     if target is not None:
-        sig = signature_of(target)
-        for key, msg in sig.problems(name, len(raw_args), kwargs, partial):
+        for key, msg in info.sig.problems(name, len(raw_args), kwargs, partial):
             problems.append((path_join(path, key), msg))
-        factories = getattr(target, "_mf_factories", ())
-        if factories:
-            for f in factories:
+        if info.factories:
+            for f in info.factories:
                 if f in kwargs and not isinstance(kwargs[f], Node):
                     got = _kind(kwargs[f])
                     problems.append(
                         (path_join(path, f), f"expected a block with '_target_', got {got}")
                     )
-            node.factories = tuple(f for f in factories if f in kwargs)
+            node.factories = tuple(f for f in info.factories if f in kwargs)
     node.dynamic = dynamic
     node.prefix = component
-    node.component = f"{component}|({','.join(sorted(digest[1:]))};{digest[0]})"
+    digest.sort()
+    node.component = f"{component}|({','.join(digest)};{info.qualname})"
     return node
 
 
-def _resolve(name: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+class _TargetInfo:
+    """What parsing needs to know of a target, looked up once per ``_target_`` string."""
+
+    __slots__ = ("factories", "ignore", "known", "qualname", "sig", "target")
+
+    def __init__(self, target: Any, qualname: str) -> None:
+        self.target, self.qualname = target, qualname
+        self.sig = signature_of(target) if target is not None else None
+        self.known = self.sig.name_set if self.sig is not None else frozenset()
+        self.factories: tuple[str, ...] = tuple(getattr(target, "_mf_factories", ()))
+        # Arguments a block declares as not part of its identity (Repeat's ``n``: growing a
+        # stack keeps the values of the copies it already had).
+        self.ignore: tuple[str, ...] = tuple(getattr(target, "_mf_stream_ignore", ()))
+
+
+_INFO: dict[str, _TargetInfo] = {}
+
+
+def _target_info(name: Any, path: str, problems: list[tuple[str, str]]) -> _TargetInfo:
     target_path = path_join(path, "_target_")
     if not isinstance(name, str):
         problems.append((target_path, f"expected a dotted import path string, got {_kind(name)}"))
-        return None
+        return _TargetInfo(None, str(name))
     try:
         target = locate(name)
     except TargetNotFound as e:
         problems.append((target_path, f"cannot resolve {name!r}: {e}"))
-        return None
+        return _TargetInfo(None, name)
     if not callable(target):
         problems.append((target_path, f"{name!r} is not callable"))
-        return None
-    return target
+        return _TargetInfo(None, name)
+    info = _INFO[name] = _TargetInfo(target, qualified_name(target))
+    return info
 
 
 def _raw(

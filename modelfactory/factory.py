@@ -21,7 +21,7 @@ from ._lazy import materialize_lazy
 from ._spec import Node, _parse_node, own_digest
 from ._targets import qualified_name, signature_of
 from .errors import BuildError, ConfigError, ModelFactoryError
-from .init import apply_rules, module_keys, parse_rules
+from .init import apply_rules, parse_rules
 from .tie import apply_ties, check_ties, resolve_groups
 
 __all__ = ["build", "build_skeleton", "sample_input"]
@@ -177,7 +177,7 @@ def _run(bc: BuildConfig, plan: _Plan, *, init: bool) -> nn.Module:
             torch.default_generator.manual_seed(mix(root_key(bc.seed), "lazy"))
             _forward(model, records, sample_input(bc, target), "materializing lazy layers")
     if init and plan.rules:
-        apply_rules(model, plan.rules, module_keys(model, records, root_key(bc.seed)))
+        apply_rules(model, plan.rules, records, root_key(bc.seed))
     ties = resolve_groups(model, bc.tie_groups) if bc.tie_groups else []
     apply_ties(model, ties)
     check_ties(model, ties)

@@ -41,11 +41,6 @@ class Rule:
     kwargs: dict[str, Any]
     optional: bool
 
-    def selects(self, name: str, owner: nn.Module) -> bool:
-        if self.modules and self.modules.isdisjoint(_class_names(type(owner))):
-            return False
-        return not self.params or any(fnmatchcase(name, p) for p in self.params)
-
 
 @functools.lru_cache(maxsize=1024)
 def _class_names(cls: type) -> frozenset[str]:
@@ -109,40 +104,56 @@ def parse_rules(
     return out
 
 
-def module_keys(model: nn.Module, records: Iterable[Built], root: int) -> dict[int, int]:
-    """Stream key of every module: the key its node was built under, or derived from its
-    nearest built ancestor and its name for modules a constructor made itself."""
+def apply_rules(model: nn.Module, rules: list[Rule], records: Iterable[Built], root: int) -> None:
+    """Apply ``rules`` in place; raises if a non-optional rule selects nothing.
+
+    Each selected parameter is filled from a generator seeded by its module's stream key:
+    the key its config node was built under or, for a module a constructor made itself,
+    derived from its nearest built ancestor and its name.
+    """
     built = {id(r.module): r.key for r in records}
-    keys: dict[int, int] = {}
+    names: dict[str, nn.Module] = {}
+    keys: dict[str, int] = {}
 
-    def walk(module: nn.Module, key: int) -> None:
-        key = built.get(id(module), key)
-        if id(module) in keys:
-            return
-        keys[id(module)] = key
-        for name, child in module.named_children():
-            walk(child, mix(key, f"sub/{name}"))
+    def key_of(mname: str) -> int:
+        if mname not in keys:
+            module = names[mname]
+            if id(module) in built:
+                keys[mname] = built[id(module)]
+            else:
+                parent, _, leaf = mname.rpartition(".")
+                keys[mname] = mix(key_of(parent) if mname else root, f"sub/{leaf}")
+        return keys[mname]
 
-    walk(model, root)
-    return keys
-
-
-def apply_rules(model: nn.Module, rules: list[Rule], keys: dict[int, int]) -> None:
-    """Apply ``rules`` in place; raises if a non-optional rule selects nothing."""
-    if not rules:
-        return
-    chosen: dict[int, tuple[Rule, str, str, nn.Module, nn.Parameter]] = {}
+    by_type: dict[type, list[tuple[int, Rule]]] = {}
+    chosen: list[tuple[Rule, str, str, str, nn.Parameter]] = []
+    seen: set[int] = set()
     hits = [0] * len(rules)
     for mname, module in model.named_modules():
-        for pname, param in module.named_parameters(recurse=False):
+        names[mname] = module
+        params = module._parameters
+        if not params:
+            continue
+        candidates = by_type.get(type(module))
+        if candidates is None:
+            classes = _class_names(type(module))
+            candidates = by_type[type(module)] = [
+                (i, r)
+                for i, r in enumerate(rules)
+                if not r.modules or not r.modules.isdisjoint(classes)
+            ]
+        for pname, param in params.items():
+            if param is None or id(param) in seen or not candidates:
+                continue
+            seen.add(id(param))
             full = f"{mname}.{pname}" if mname else pname
             winner = None
-            for i, rule in enumerate(rules):
-                if rule.selects(full, module):
+            for i, rule in candidates:
+                if not rule.params or any(fnmatchcase(full, p) for p in rule.params):
                     hits[i] += 1
                     winner = rule  # later rules win
-            if winner is not None and id(param) not in chosen:
-                chosen[id(param)] = (winner, full, pname, module, param)
+            if winner is not None:
+                chosen.append((winner, full, pname, mname, param))
     unmatched = [
         (
             r.path,
@@ -156,7 +167,7 @@ def apply_rules(model: nn.Module, rules: list[Rule], keys: dict[int, int]) -> No
         raise ConfigError(unmatched)
     generators: dict[torch.device, torch.Generator] = {}  # one per device, re-seeded per tensor
     with torch.no_grad():
-        for rule, full, pname, module, param in chosen.values():
+        for rule, full, pname, mname, param in chosen:
             if is_lazy(param):
                 raise ConfigError(
                     [
@@ -167,14 +178,14 @@ def apply_rules(model: nn.Module, rules: list[Rule], keys: dict[int, int]) -> No
                         )
                     ]
                 )
-            if param.device.type == "meta":
+            if param.is_meta:
                 continue
             kwargs = rule.kwargs
             if accepts(rule.fn, "generator"):
                 gen = generators.get(param.device)
                 if gen is None:
                     gen = generators[param.device] = torch.Generator(device=param.device)
-                gen.manual_seed(mix(keys[id(module)], f"init/{pname}"))
+                gen.manual_seed(mix(key_of(mname), f"init/{pname}"))
                 kwargs = {**kwargs, "generator": gen}
             try:
                 rule.fn(param, **kwargs)
