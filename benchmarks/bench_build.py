@@ -140,7 +140,7 @@ def main() -> None:
         ("GPT-2 124M: mf.build (tied head)", g["mf"], g["mf"] / g["hand"]),
         ("GPT-2 124M on meta: mf.build", g["meta"], g["meta"] / g["hand"]),
     ]
-    print(f"{'case':40s} {"best":>12s} {'ratio':>8s}")
+    print(f"{'case':40s} {'best':>12s} {'ratio':>8s}")
     for name, t, r in rows:
         print(f"{name:40s} {t * 1e3:10.2f}ms {r:7.2f}x")
 
