@@ -24,10 +24,11 @@ from .errors import BuildError, ConfigError, ModelFactoryError
 from .init import apply_rules, parse_rules
 from .tie import apply_ties, check_ties, resolve_groups
 
-__all__ = ["build", "build_skeleton", "sample_input"]
+__all__ = ["build", "build_skeleton", "run_sample", "sample_input"]
 
 CONFIG_ATTR = "_modelfactory_config"
 TIES_ATTR = "_modelfactory_ties"
+PATHS_ATTR = "_modelfactory_paths"  # module name -> config path of the node that built it
 
 
 def build(
@@ -185,6 +186,10 @@ def _run(bc: BuildConfig, plan: _Plan, *, init: bool) -> nn.Module:
         devices.place_hooks(model, _mapping(model, plan.dmap))
     model.__dict__[CONFIG_ATTR] = bc.resolved
     model.__dict__[TIES_ATTR] = ties
+    built = {id(r.module): r.node.path for r in records}
+    model.__dict__[PATHS_ATTR] = {
+        n: built[id(m)] for n, m in model.named_modules() if id(m) in built
+    }
     return model
 
 
@@ -227,8 +232,31 @@ def sample_input(bc: BuildConfig, device: torch.device) -> torch.Tensor:
 
 
 def _forward(model: nn.Module, records: list[Built], x: torch.Tensor, what: str) -> Any:
-    """Run ``model(x)``; on failure name the config path of the innermost failing block."""
-    paths = {id(r.module): r.node.path for r in records}
+    """Run ``model(x)`` while building; on failure name the config path of the failing block."""
+    return _traced(model, x, {id(r.module): r.node.path for r in records}, what)
+
+
+def run_sample(model: nn.Module, x: torch.Tensor) -> Any:
+    """``model(x)`` in ``eval`` mode under ``no_grad``.
+
+    Raises:
+        BuildError: naming the config path of the innermost block that failed (for models
+            :func:`build` made), else its module name.
+    """
+    by_name = model.__dict__.get(PATHS_ATTR, {})
+    paths = {
+        id(m): by_name.get(n) or f"module {n or '<root>'!r} ({type(m).__name__})"
+        for n, m in model.named_modules()
+    }
+    was_training = model.training
+    model.eval()
+    try:
+        return _traced(model, x, paths, "the sample forward pass")
+    finally:
+        model.train(was_training)
+
+
+def _traced(model: nn.Module, x: torch.Tensor, paths: dict[int, str], what: str) -> Any:
     stack: list[str] = []
     handles = []
 
@@ -236,7 +264,7 @@ def _forward(model: nn.Module, records: list[Built], x: torch.Tensor, what: str)
         stack.append(paths[id(mod)])
 
     def leave(_mod: nn.Module, _args: Any, _out: Any) -> None:
-        stack.pop()
+        stack.pop()  # returns None: a forward hook's return value would replace the output
 
     for m in model.modules():
         if id(m) in paths:

@@ -266,3 +266,14 @@ def test_sequential_rejects_bad_children():
         Sequential([1])
     with pytest.raises(ValueError, match=r"contain no '\.'"):
         Sequential({"a.b": nn.Identity()})
+
+
+def test_sample_forward_failure_names_the_config_path(composed):
+    from modelfactory.factory import run_sample
+
+    model = mf.build(composed(["model=rgnet", "model.layers.1.in_features=5"]))
+    with pytest.raises(
+        BuildError, match=r"^model\.layers\.1: the sample forward pass with input_shape \[1, 4\]"
+    ):
+        run_sample(model, torch.rand(1, 4))
+    assert model.training  # mode restored

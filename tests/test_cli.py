@@ -163,7 +163,7 @@ def test_sweep_with_failed_jobs_reports_the_others_and_names_the_failures(tmp_pa
         ("modle=rgnet", "modle", 2),  # Hydra: not a key of the config
         ("model=rgnet +model.layers.0.nn=3", "model.layers.0.nn", 2),  # build: bad keyword
         ("model=nope", "model/nope", 2),  # Hydra: no such option
-        ("model=rgnet model.layers.1.in_features=5", "module '1' (Linear)", 1),  # shape
+        ("model=rgnet model.layers.1.in_features=5", "model.layers.1", 1),  # shape: the config path
     ],
 )
 def test_bad_config_is_one_paragraph_naming_the_key(

@@ -24,8 +24,7 @@ import modelfactory as mf
 
 from .. import device as devices
 from .._config import BUILD_KEYS, normalize, to_plain
-from ..errors import BuildError
-from ..factory import CONFIG_ATTR, sample_input
+from ..factory import CONFIG_ATTR, run_sample, sample_input
 from .progress import Spinner
 
 __all__ = [
@@ -101,37 +100,7 @@ def sample_output(model: nn.Module, cfg: dict[str, Any]) -> tuple[torch.Tensor, 
     first = next(iter(model.parameters()), None)
     dev = first.device if first is not None else devices.resolve_device(bc.device)
     x = sample_input(bc, dev)
-    names = {id(m): n for n, m in model.named_modules()}
-    stack: list[nn.Module] = []
-
-    def enter(mod: nn.Module, _args: Any) -> None:
-        stack.append(mod)
-
-    def leave(_mod: nn.Module, _args: Any, _out: Any) -> None:
-        stack.pop()  # (a forward hook that returned a value would replace the output)
-
-    hooks = [
-        h
-        for m in model.modules()
-        for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))
-    ]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return x, model(x)
-    except Exception as e:
-        where = stack[-1] if stack else model
-        name = names.get(id(where)) or "<root>"
-        raise BuildError(
-            "input_shape",
-            f"the sample forward pass on input_shape {list(x.shape)} failed in module "
-            f"{name!r} ({type(where).__name__}): {type(e).__name__}: {e}",
-        ) from e
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
+    return x, run_sample(model, x)
 
 
 def _describe(model: nn.Module, cfg: dict[str, Any]) -> tuple[dict[str, Any] | None, Any]:
