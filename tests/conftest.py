@@ -4,8 +4,14 @@ import copy
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from modelfactory.configs import compose
+
+# Property tests: 200 generated cases in the default run; `--hypothesis-profile=slow` for 2,000.
+settings.register_profile("default", max_examples=200)
+settings.register_profile("slow", max_examples=2000)
+settings.load_profile("default")
 
 
 def lin(i: int, o: int, **kw: Any) -> dict[str, Any]:
