@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from .errors import CheckpointError
 
 META_KEY = "modelfactory"
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # safe either way; C is faster
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
 FORMAT_VERSION = 1
@@ -242,7 +243,7 @@ def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path | None]:
 
 def compare_copy(copy: Path, config: dict[str, Any], file: Path) -> None:
     try:
-        other: Any = yaml.safe_load(copy.read_text())
+        other: Any = yaml.load(copy.read_text(), Loader=_SAFE_LOADER)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         other = e
     if other != config:
