@@ -23,8 +23,9 @@ from typing import Any
 import torch
 import yaml
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from ._stwriter import PAD_PREFIX, dtype_name, write_file
 from .errors import CheckpointError
 
 META_KEY = "modelfactory"
@@ -114,7 +115,7 @@ def write(path: Path, tensors: dict[str, torch.Tensor], doc: dict[str, Any]) -> 
     }
     doc["digest"] = _doc_digest(doc)
     meta = {META_KEY: json.dumps(doc, separators=(",", ":"))}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(path, lambda tmp: write_file(tmp, tensors, meta))
 
 
 @dataclass
@@ -144,7 +145,7 @@ def read_header(file: Path, *, require: str | None = None) -> Header:
         with safe_open(file, framework="pt") as f:
             meta = f.metadata() or {}
             index = {}
-            names = f.keys()
+            names = [k for k in f.keys() if not k.startswith(PAD_PREFIX)]  # noqa: SIM118
             for k in names:
                 s = f.get_slice(k)
                 index[k] = (s.get_dtype(), tuple(s.get_shape()))
@@ -166,6 +167,8 @@ def _parse_doc(file: Path, text: str, index: dict, require: str | None) -> dict[
         doc = json.loads(text)
     except ValueError as e:
         raise CheckpointError(file, f"corrupt modelfactory metadata: not JSON ({e})") from e
+    except RecursionError as e:
+        raise CheckpointError(file, "modelfactory metadata nests too deeply to be a config") from e
     if not isinstance(doc, dict) or not isinstance(doc.get("format_version"), int):
         raise CheckpointError(file, "corrupt modelfactory metadata: no integer format_version")
     version = doc["format_version"]
@@ -182,7 +185,7 @@ def _parse_doc(file: Path, text: str, index: dict, require: str | None) -> dict[
             file, f"holds {doc.get('kind')!r}, not a {require}; use load_tensors() for it"
         )
     listed = {k: (v[0], tuple(v[1])) for k, v in doc.get("tensors", {}).items()}
-    seen = {k: (_dtype_name(d), s) for k, (d, s) in index.items()}
+    seen = {k: (dtype_name(d), s) for k, (d, s) in index.items()}
     if listed != seen:
         diff = sorted(set(listed.items()) ^ set(seen.items()))
         raise CheckpointError(
@@ -191,24 +194,13 @@ def _parse_doc(file: Path, text: str, index: dict, require: str | None) -> dict[
     return doc
 
 
-_ST_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-    "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
-    "U16": "uint16", "U32": "uint32", "U64": "uint64", "C64": "complex64",
-}  # fmt: skip
-
-
-def _dtype_name(st: str) -> str:
-    return _ST_DTYPES.get(st, st)
-
-
 def read_tensors(file: Path) -> dict[str, torch.Tensor]:
     """All tensors of ``file``, memory-mapped (pages are read when first touched)."""
     try:
-        return load_file(file)
+        tensors = load_file(file)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(file, f"cannot read tensors ({e})") from e
+    return {k: t for k, t in tensors.items() if not k.startswith(PAD_PREFIX)}
 
 
 def first_bad_tensor(header: Header) -> str | None:
@@ -216,7 +208,7 @@ def first_bad_tensor(header: Header) -> str | None:
     listed = (header.doc or {}).get("tensors", {})
     try:
         with safe_open(header.file, framework="pt") as f:
-            for k in _file_order(header.file, list(f.keys())):
+            for k in _file_order(header.file, list(listed)):
                 if tensor_digest(f.get_tensor(k)) != listed[k][2]:
                     return k
     except (SafetensorError, OSError, ValueError) as e:

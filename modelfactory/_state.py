@@ -75,10 +75,10 @@ def mismatches(
     out += [
         f"unexpected: {k!r} (in the file, not in the model)" for k in found if k not in expected
     ]
-    for k, (dtype, shape) in found.items():
-        if k not in expected:
+    for k, (want_dtype, want_shape) in expected.items():  # in the model's order
+        if k not in found:
             continue
-        want_dtype, want_shape = expected[k]
+        dtype, shape = found[k]
         if shape != want_shape:
             out.append(
                 f"shape: {k!r} is {list(shape)} in the file, {list(want_shape)} in the model"

@@ -56,11 +56,14 @@ def check_config(cfg: dict[str, Any], file: object, trusted: tuple[str, ...]) ->
     """
     targets: list[tuple[str, str]] = []
     interpolations: list[str] = []
-    _walk(cfg, "", trusted, targets, interpolations)
-    if not targets:
-        # Strings passed: import the model's targets and check what they really are.
-        _check_modules(cfg.get("model"), "model", (*MODULE_PREFIXES, *trusted), targets)
-        _check_init_fns(cfg.get("init"), (*INIT_PREFIXES, *trusted), targets)
+    try:
+        _walk(cfg, "", trusted, targets, interpolations)
+        if not targets:
+            # Strings passed: import the model's targets and check what they really are.
+            _check_modules(cfg.get("model"), "model", (*MODULE_PREFIXES, *trusted), targets)
+            _check_init_fns(cfg.get("init"), (*INIT_PREFIXES, *trusted), targets)
+    except RecursionError as e:
+        raise CheckpointError(file, "the embedded config nests too deeply") from e
     if targets:
         allowed = ", ".join((*MODULE_PREFIXES, *(f"{t}.*" if t else "*" for t in trusted)))
         lines = "\n".join(f"  {path}: {msg}" for path, msg in targets)
