@@ -1,0 +1,219 @@
+"""A corpus of crafted checkpoints: none executes anything; each fails naming the file."""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+import modelfactory as mf
+from modelfactory import _safefile
+from modelfactory.errors import CheckpointError, ModelFactoryError, UntrustedTargetError
+
+from .conftest import RELU, lin, seq
+
+
+@pytest.fixture
+def good(tmp_path: Path) -> Path:
+    model = mf.build({"model": seq(lin(4, 8), RELU, lin(8, 2)), "input_shape": [1, 4]})
+    return mf.save(model, tmp_path / "good.safetensors")
+
+
+def rewrite(src: Path, dst: Path, mutate: Callable[[dict], Any]) -> Path:
+    """Copy ``src`` with its modelfactory document changed by ``mutate`` (digest recomputed,
+    so only the content is hostile, not the bookkeeping)."""
+    tensors = load_file(src)
+    with open(src, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        doc = json.loads(json.loads(f.read(n))["__metadata__"]["modelfactory"])
+    mutate(doc)
+    doc.pop("digest", None)
+    doc["digest"] = _safefile._doc_digest(doc)
+    save_file(tensors, dst, metadata={"modelfactory": json.dumps(doc)})
+    return dst
+
+
+def raw_file(dst: Path, header: dict, data: bytes) -> Path:
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    dst.write_bytes(struct.pack("<Q", len(h)) + h + data)
+    return dst
+
+
+MARKER = "mf_hostile_marker"
+
+
+def marker_cmd(tmp: Path) -> str:
+    return f"touch {tmp / MARKER}"
+
+
+def hostile_models(tmp: Path) -> dict[str, Callable[[dict], None]]:
+    cmd = marker_cmd(tmp)
+
+    def set_model(node: dict) -> Callable[[dict], None]:
+        return lambda doc: doc["config"].__setitem__("model", node)
+
+    def in_layer(node: dict) -> Callable[[dict], None]:
+        return lambda doc: doc["config"]["model"]["layers"].__setitem__(1, node)
+
+    return {
+        "os.system": set_model({"_target_": "os.system", "command": cmd}),
+        "builtins.eval": in_layer(
+            {"_target_": "builtins.eval", "_args_": [f"__import__('os').system('{cmd}')"]}
+        ),
+        "subprocess.Popen": in_layer({"_target_": "subprocess.Popen", "args": cmd, "shell": True}),
+        "torch.load": in_layer({"_target_": "torch.load", "f": str(tmp / "x.pt")}),
+        "trusted module reaching os": in_layer(
+            {"_target_": "modelfactory.io.os.system", "_args_": [cmd]}
+        ),
+        "torch.nn reaching torch.load": in_layer(
+            {"_target_": "torch.nn.functional.torch.load", "f": "x"}
+        ),
+        "hidden in _args_": in_layer(
+            {
+                "_target_": "torch.nn.Sequential",
+                "_args_": [{"_target_": "os.system", "_args_": [cmd]}],
+            }
+        ),
+        "partial callable": in_layer({"_target_": "os.system", "_partial_": True}),
+        "recursive false": in_layer(
+            {
+                "_target_": "torch.nn.Identity",
+                "_recursive_": False,
+                "x": {"_target_": "os.system", "command": cmd},
+            }
+        ),
+        "in an interpolation": in_layer({"_target_": "${oc.create:{_target_: os.system}}"}),
+        "env resolver": in_layer(
+            {"_target_": "torch.nn.Linear", "in_features": "${oc.env:HOME}", "out_features": 2}
+        ),
+        "init fn": lambda doc: doc["config"].__setitem__(
+            "init", {"rules": [{"params": "*", "fn": {"_target_": "os.system", "command": cmd}}]}
+        ),
+        "init fn in torch.nn but not an initializer": lambda doc: doc["config"].__setitem__(
+            "init",
+            {
+                "rules": [
+                    {
+                        "params": "*",
+                        "fn": {
+                            "_target_": "torch.nn.functional.torch.save",
+                            "f": str(tmp / MARKER),
+                        },
+                    }
+                ]
+            },
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(hostile_models(Path("/x"))))
+def test_untrusted_targets_are_refused_and_never_called(case: str, good: Path, tmp_path: Path):
+    bad = rewrite(good, tmp_path / "bad.safetensors", hostile_models(tmp_path)[case])
+    with pytest.raises(CheckpointError) as e:
+        mf.load(bad)
+    assert str(bad) in str(e.value)
+    assert not (tmp_path / MARKER).exists()
+
+
+def test_untrusted_target_error_is_specific(good: Path, tmp_path: Path):
+    bad = rewrite(good, tmp_path / "bad.safetensors", hostile_models(tmp_path)["os.system"])
+    with pytest.raises(UntrustedTargetError, match=r"model\._target_.*os\.system"):
+        mf.load(bad)
+    with pytest.raises(UntrustedTargetError):
+        mf.load(bad, trusted=["os.*"])  # trusted, but not an nn.Module class: still refused
+    assert not (tmp_path / MARKER).exists()
+
+
+def test_huge_and_deeply_nested_configs_fail_fast(good: Path, tmp_path: Path):
+    def deep(doc: dict) -> None:
+        node: dict = {"_target_": "torch.nn.Identity"}
+        for _ in range(5000):
+            node = {"_target_": "modelfactory.blocks.Residual", "body": node}
+        doc["config"]["model"] = node
+
+    def wide(doc: dict) -> None:
+        doc["config"]["model"] = {
+            "_target_": "modelfactory.blocks.Sequential",
+            "layers": [{"_target_": "torch.nn.Identity"}] * 200_000,
+        }
+
+    for name, mutate in (("deep", deep), ("wide", wide)):
+        bad = rewrite(good, tmp_path / f"{name}.safetensors", mutate) if name == "wide" else None
+        if bad is None:  # json.dumps itself refuses 5000 levels; write the text by hand
+            text = (
+                '{"_target_":"modelfactory.blocks.Residual","body":' * 5000
+                + '{"_target_":"torch.nn.Identity"}'
+                + "}" * 5000
+            )
+            raw = json.dumps({"format_version": 1, "kind": "model", "config": {"model": "@@"}})
+            bad = tmp_path / "deep.safetensors"
+            save_file(load_file(good), bad, metadata={"modelfactory": raw.replace('"@@"', text)})
+        t = time.perf_counter()
+        with pytest.raises(CheckpointError) as e:
+            mf.load(bad)
+        assert time.perf_counter() - t < 30  # bounded: a clear error, not a hang
+        assert str(bad) in str(e.value)
+
+
+def test_header_claiming_more_data_than_the_file_has(tmp_path: Path):
+    bad = raw_file(
+        tmp_path / "short.safetensors",
+        {"w": {"dtype": "F32", "shape": [1000], "data_offsets": [0, 4000]}},
+        b"\0" * 16,
+    )
+    for fn in (mf.load, mf.load_tensors, mf.verify):
+        with pytest.raises(CheckpointError, match=r"short\.safetensors"):
+            fn(bad)
+
+
+def test_overlapping_tensor_offsets(tmp_path: Path):
+    header = {
+        "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+        "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]},
+    }
+    bad = raw_file(tmp_path / "overlap.safetensors", header, b"\0" * 24)
+    for fn in (mf.load, mf.load_tensors):
+        with pytest.raises(CheckpointError, match=r"overlap\.safetensors"):
+            fn(bad)
+
+
+def test_header_length_beyond_the_file(tmp_path: Path):
+    bad = tmp_path / "len.safetensors"
+    bad.write_bytes(struct.pack("<Q", 10**12) + b"{}")
+    with pytest.raises(CheckpointError, match=r"len\.safetensors"):
+        mf.load(bad)
+
+
+def test_wrong_dtype_is_a_clear_error(good: Path, tmp_path: Path):
+    tensors = {k: v.double() for k, v in load_file(good).items()}
+    bad = tmp_path / "f64.safetensors"
+    with open(good, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        doc = json.loads(json.loads(f.read(n))["__metadata__"]["modelfactory"])
+    doc["tensors"] = {
+        k: ["float64", v[1], _safefile.tensor_digest(tensors[k])] for k, v in doc["tensors"].items()
+    }
+    doc.pop("digest")
+    doc["digest"] = _safefile._doc_digest(doc)
+    save_file(tensors, bad, metadata={"modelfactory": json.dumps(doc)})
+    with pytest.raises(CheckpointError, match=r"(?s)f64\.safetensors.*0\.weight.*float64.*float32"):
+        mf.load(bad)
+
+
+def test_garbage_and_empty_files(tmp_path: Path):
+    for name, data in (
+        ("empty", b""),
+        ("garbage", b"\xff" * 100),
+        ("text", b"hello world, not a file"),
+    ):
+        bad = tmp_path / f"{name}.safetensors"
+        bad.write_bytes(data)
+        with pytest.raises(ModelFactoryError, match=f"{name}.safetensors"):
+            mf.load(bad)
