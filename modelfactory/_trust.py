@@ -26,6 +26,8 @@ MODULE_PREFIXES = ("torch.nn", "modelfactory")
 # Init functions are called with arguments taken from the file, so by default only the
 # initializer modules are allowed, not everything under torch.nn / modelfactory.
 INIT_PREFIXES = ("torch.nn.init", "modelfactory.init")
+# A bound on the work a file can ask for: GPT-2 needs about 200 blocks.
+MAX_BLOCKS = 50_000
 
 
 def parse_trusted(trusted: Iterable[str], file: object) -> tuple[str, ...]:
@@ -56,6 +58,13 @@ def check_config(cfg: dict[str, Any], file: object, trusted: tuple[str, ...]) ->
     """
     targets: list[tuple[str, str]] = []
     interpolations: list[str] = []
+    blocks = _count_targets(cfg)
+    if blocks > MAX_BLOCKS:
+        raise CheckpointError(
+            file,
+            f"the embedded config names {blocks:,} blocks, more than the {MAX_BLOCKS:,} a "
+            "checkpoint may hold; refusing to build it",
+        )
     try:
         _walk(cfg, "", trusted, targets, interpolations)
         if not targets:
@@ -79,6 +88,19 @@ def check_config(cfg: dict[str, Any], file: object, trusted: tuple[str, ...]) ->
             "the embedded config holds interpolations, which a saved (resolved) config never "
             "has: " + ", ".join(interpolations),
         )
+
+
+def _count_targets(tree: Any) -> int:
+    """How many ``_target_`` nodes ``tree`` holds (iterative: depth is checked elsewhere)."""
+    n, stack = 0, [tree]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            n += "_target_" in v
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return n
 
 
 def _walk(
