@@ -22,7 +22,7 @@ import modelfactory as mf
 from modelfactory._app import job, report
 from modelfactory._app.progress import SweepProgress
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+DOCS = Path(__file__).resolve().parent.parent / "README.md"
 SWEEP = ["model=stack", "block=d2l_block1", "init=normal,xavier", "seed=0,1"]
 CHECKSUM = re.compile(r"checksum: sha256=([0-9a-f]{64}) sum=(\S+)")
 
