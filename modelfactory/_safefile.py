@@ -10,6 +10,7 @@ of its own.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -40,6 +41,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
     A crash or kill at any moment leaves ``path`` as it was, or complete.
     """
+    _remove_orphans(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         write(tmp)
@@ -58,6 +60,25 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _remove_orphans(path: Path) -> None:
+    """Delete temporary files of earlier saves to ``path`` whose process died mid-write (a
+    kill leaves them behind; a live writer's file is never touched)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*-*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def tensor_digest(t: torch.Tensor) -> str:
