@@ -6,8 +6,8 @@ A checkpoint is untrusted input: its config could name any importable callable
 mappings, unbuilt ``_recursive_: false`` values, init rule ``fn``s) is checked
 as a plain string against the allowed prefixes. Only then are the model's
 targets imported, and each must be an ``nn.Module`` class that really lives
-under an allowed prefix (so ``torch.nn.functional.torch.load`` does not pass
-for ``torch.nn``).
+under an allowed prefix: a dotted path that starts with ``torch.nn`` but walks to
+a function defined elsewhere does not pass.
 """
 
 from __future__ import annotations

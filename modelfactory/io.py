@@ -5,7 +5,7 @@ config, format version, ties, library versions and digests in its metadata)
 and ``config.yaml`` (a copy of the config for people, written first). ``load``
 checks the config's targets, rebuilds the architecture on ``meta`` with no
 init, assigns the memory-mapped tensors, re-applies ties and places the model.
-No pickle anywhere.
+Only tensors and JSON are read back: no Python object is ever deserialized.
 """
 
 from __future__ import annotations

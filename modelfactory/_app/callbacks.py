@@ -59,7 +59,7 @@ class SweepReport(Callback):
         self._total: int | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        # Launchers pickle the callbacks to their workers; the display stays in the parent.
+        # Launchers serialize the callbacks to their workers; the display stays in the parent.
         return {**self.__dict__, "_progress": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
