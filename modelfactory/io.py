@@ -165,6 +165,8 @@ def load(
         model.to(cast)
     if target.type != "cpu":
         model.to(target)
+    if cast is not None or target.type != "cpu":
+        check_ties(model, ties)  # dtype and device moves must not have broken them
     device_cfg = {**config.get("device", {}), "device": str(target)}
     if cast is not None:
         device_cfg["dtype"] = str(cast).removeprefix("torch.")
