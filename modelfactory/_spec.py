@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._targets import TargetNotFound, locate, qualified_name, signature_of
+from ._targets import TargetNotFound, describe, fits, locate, qualified_name, signature_of
 from .errors import ConfigError, path_join
 
 _HYDRA_KEYS = frozenset({"_target_", "_args_", "_partial_", "_recursive_", "_convert_"})
@@ -73,8 +73,8 @@ def own_digest(target_name: str, args: list[Any], kwargs: dict[str, Any]) -> str
 
     Must agree with the digest :func:`_parse_node` computes while parsing.
     """
-    parts = [_digest_value(a) for a in args if not _holds_node(a)]
-    parts += [f"{k}={_digest_value(v)}" for k, v in kwargs.items() if not _holds_node(v)]
+    parts = [_digest_value(a) for a in args if not holds_node(a)]
+    parts += [f"{k}={_digest_value(v)}" for k, v in kwargs.items() if not holds_node(v)]
     return f"({','.join(sorted(parts))};{target_name})"
 
 
@@ -86,13 +86,13 @@ def _digest_value(v: Any) -> str:
     return repr(v)
 
 
-def _holds_node(v: Any) -> bool:
+def holds_node(v: Any) -> bool:
     if isinstance(v, (Node, Raw)):
         return True
     if isinstance(v, list):
-        return any(_holds_node(x) for x in v)
+        return any(holds_node(x) for x in v)
     if isinstance(v, dict):
-        return any(_holds_node(x) for x in v.values())
+        return any(holds_node(x) for x in v.values())
     return False
 
 
@@ -124,6 +124,7 @@ def _parse_node(
     digest = []
     known = info.known  # argument names of the target: certainly identifiers, not special
     ignore = info.ignore
+    types = info.sig.types if info.sig is not None else {}
     dynamic = False
     kwargs: dict[str, Any] = {}
     for k, v in tree.items():
@@ -149,6 +150,8 @@ def _parse_node(
                 digest.append(f"{k}={_digest_value(v)}")
         elif k not in ignore:
             digest.append(f"{k}={v!r}")
+        if k in types and not holds_node(v) and not fits(v, types[k]):
+            problems.append((f"{path}.{k}", f"expected {describe(types[k])} for {name}, got {v!r}"))
         kwargs[k] = v
     node.kwargs = kwargs
     raw_args = tree.get("_args_", ())

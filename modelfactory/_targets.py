@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import types as types_mod
+import typing
 from collections.abc import Callable, Collection
 from functools import lru_cache
 from typing import Any
@@ -74,6 +76,7 @@ class Signature:
         "positional",
         "required",
         "required_set",
+        "types",
     )
 
     def __init__(self, sig: inspect.Signature | None) -> None:
@@ -82,6 +85,7 @@ class Signature:
         self.required_set: frozenset[str] = frozenset()
         self.required: tuple[str, ...] = ()
         self.positional: tuple[str, ...] = ()
+        self.types: dict[str, tuple[type, ...]] = {}  # simple annotations only (int, float, ...)
         self.accepts_var_kw = sig is None
         self.max_positional: float = float("inf") if sig is None else 0
         if sig is None:
@@ -100,6 +104,9 @@ class Signature:
                     positional.append(p.name)
                 if p.default is p.empty:
                     required.append(p.name)
+                simple = _simple_types(p.annotation)
+                if simple:
+                    self.types[p.name] = simple
         self.names, self.required, self.positional = (
             tuple(names),
             tuple(required),
@@ -145,6 +152,43 @@ class Signature:
                 if r not in given:
                     out.append((r, f"missing required argument for {what}"))
         return out
+
+
+_SIMPLE = {"int": int, "float": float, "bool": bool, "str": str, "None": type(None)}
+
+
+def _simple_types(annotation: Any) -> tuple[type, ...]:
+    """``int`` -> ``(int,)``; ``int | None`` / ``Optional[int]`` / ``"int"`` likewise.
+
+    Anything richer (tuples, unions with other types, classes) gives ``()``: no check.
+    """
+    if annotation is inspect.Parameter.empty:
+        return ()
+    if isinstance(annotation, str):
+        parts = [a.strip() for a in annotation.removeprefix("Optional[").rstrip("]").split("|")]
+        if annotation.startswith("Optional["):
+            parts.append("None")
+        types = [_SIMPLE.get(a) for a in parts]
+        return tuple(types) if all(types) else ()  # type: ignore[arg-type]
+    args = typing.get_args(annotation)
+    if args and typing.get_origin(annotation) in (typing.Union, types_mod.UnionType):
+        found = [a if a in _SIMPLE.values() else None for a in args]
+        return tuple(found) if all(found) else ()  # type: ignore[arg-type]
+    return (annotation,) if annotation in _SIMPLE.values() else ()
+
+
+def fits(value: Any, types: tuple[type, ...]) -> bool:
+    """Whether a config value fits simple annotation types (an int fits ``float``; a bool
+    fits only ``bool``)."""
+    if isinstance(value, bool):
+        return bool in types
+    if isinstance(value, int):
+        return int in types or float in types
+    return isinstance(value, types)
+
+
+def describe(types: tuple[type, ...]) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
 
 
 @lru_cache(maxsize=4096)

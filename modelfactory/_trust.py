@@ -57,6 +57,7 @@ def check_config(cfg: dict[str, Any], file: object, trusted: tuple[str, ...]) ->
             already resolved; resolving one from a file could read the environment).
     """
     targets: list[tuple[str, str]] = []
+    missing: list[tuple[str, str]] = []  # trusted by name, but not importable here
     interpolations: list[str] = []
     blocks = _count_targets(cfg)
     if blocks > MAX_BLOCKS:
@@ -69,7 +70,9 @@ def check_config(cfg: dict[str, Any], file: object, trusted: tuple[str, ...]) ->
         _walk(cfg, "", trusted, targets, interpolations)
         if not targets:
             # Strings passed: import the model's targets and check what they really are.
-            _check_modules(cfg.get("model"), "model", (*MODULE_PREFIXES, *trusted), targets)
+            _check_modules(
+                cfg.get("model"), "model", (*MODULE_PREFIXES, *trusted), targets, missing
+            )
             _check_init_fns(cfg.get("init"), (*INIT_PREFIXES, *trusted), targets)
     except RecursionError as e:
         raise CheckpointError(file, "the embedded config nests too deeply") from e
@@ -81,6 +84,13 @@ def check_config(cfg: dict[str, Any], file: object, trusted: tuple[str, ...]) ->
             "the embedded config names targets that are not trusted, nothing was imported "
             f"or called:\n{lines}\nAllowed: {allowed}. Pass trusted=['mypkg.*'] to load(), "
             "only for files you trust.",
+        )
+    if missing:
+        lines = "\n".join(f"  {path}: {msg}" for path, msg in missing)
+        raise CheckpointError(
+            file,
+            f"the embedded config names blocks that cannot be imported here:\n{lines}\n"
+            "Install the package that provides them, or put it on PYTHONPATH.",
         )
     if interpolations:
         raise CheckpointError(
@@ -131,7 +141,11 @@ def _walk(
 
 
 def _check_modules(
-    v: Any, path: str, prefixes: tuple[str, ...], targets: list[tuple[str, str]]
+    v: Any,
+    path: str,
+    prefixes: tuple[str, ...],
+    targets: list[tuple[str, str]],
+    missing: list[tuple[str, str]],
 ) -> None:
     """Every model target must be an ``nn.Module`` class living under an allowed prefix."""
     if isinstance(v, dict):
@@ -141,7 +155,7 @@ def _check_modules(
             try:
                 obj = locate(name)
             except TargetNotFound as e:
-                targets.append((where, f"cannot resolve {name!r}: {e}"))
+                missing.append((where, f"cannot import {name!r}: {e}"))
                 obj = None
             if obj is not None:
                 if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
@@ -154,10 +168,10 @@ def _check_modules(
                     )
         for k, x in v.items():
             if k != "_target_":
-                _check_modules(x, path_join(path, k), prefixes, targets)
+                _check_modules(x, path_join(path, k), prefixes, targets, missing)
     elif isinstance(v, list):
         for i, x in enumerate(v):
-            _check_modules(x, path_join(path, i), prefixes, targets)
+            _check_modules(x, path_join(path, i), prefixes, targets, missing)
 
 
 def _check_init_fns(init: Any, prefixes: tuple[str, ...], targets: list[tuple[str, str]]) -> None:

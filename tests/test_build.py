@@ -277,3 +277,23 @@ def test_sample_forward_failure_names_the_config_path(composed):
     ):
         run_sample(model, torch.rand(1, 4))
     assert model.training  # mode restored
+
+
+def test_wrong_scalar_types_are_caught_before_building():
+    cfg = seq(
+        lin(20, "abc"),
+        {"_target_": "modelfactory.blocks.Repeat", "n": "3", "block": lin(2, 2)},
+        lin(2, 2, bias=1),
+        {"_target_": "torch.nn.Dropout", "p": 1},
+    )
+    with pytest.raises(ConfigError) as e:
+        mf.build(cfg)
+    assert e.value.paths == [
+        "model.layers.0.out_features",
+        "model.layers.1.n",
+        "model.layers.2.bias",
+    ]
+    assert "model.layers.0.out_features: expected int for torch.nn.Linear, got 'abc'" in str(
+        e.value
+    )
+    assert "model.layers.2.bias: expected bool for torch.nn.Linear, got 1" in str(e.value)

@@ -164,6 +164,8 @@ def test_sweep_with_failed_jobs_reports_the_others_and_names_the_failures(tmp_pa
         ("model=rgnet +model.layers.0.nn=3", "model.layers.0.nn", 2),  # build: bad keyword
         ("model=nope", "model/nope", 2),  # Hydra: no such option
         ("model=rgnet model.layers.1.in_features=5", "model.layers.1", 1),  # shape: the config path
+        ("+seeed=3", "seeed", 2),  # a typo added with + must not pass silently
+        ("model.layers.0.out_features=abc", "model.layers.0.out_features", 2),  # a wrong type
     ],
 )
 def test_bad_config_is_one_paragraph_naming_the_key(

@@ -24,10 +24,12 @@ import modelfactory as mf
 
 from .. import device as devices
 from .._config import BUILD_KEYS, normalize, to_plain
+from ..errors import ConfigError
 from ..factory import CONFIG_ATTR, run_sample, sample_input
 from .progress import Spinner
 
 __all__ = [
+    "APP_KEYS",
     "ERROR_FILE",
     "METRICS_FILE",
     "build_job",
@@ -44,9 +46,23 @@ METRICS_FILE = "metrics.json"
 ERROR_FILE = "error.json"
 
 
+APP_KEYS = ("restore", "verify", "trusted")  # conf/app.yaml's own keys
+
+
 def build_config(cfg: Any) -> dict[str, Any]:
-    """The part of the app's config that :func:`modelfactory.build` accepts (``BUILD_KEYS``)."""
+    """The part of the app's config that :func:`modelfactory.build` accepts (``BUILD_KEYS``).
+
+    Raises:
+        ConfigError: a top-level key that is neither a build key nor the app's own (a typo
+            added with ``+seeed=3`` must not pass silently).
+    """
     plain = to_plain(cfg)
+    unknown = [k for k in plain if k not in BUILD_KEYS and k not in APP_KEYS]
+    if unknown:
+        expected = ", ".join((*BUILD_KEYS, *APP_KEYS))
+        raise ConfigError(
+            [(str(k), f"unknown top-level key; expected one of {expected}") for k in unknown]
+        )
     return {k: plain[k] for k in BUILD_KEYS if k in plain}
 
 
