@@ -6,6 +6,8 @@ never a ``DictConfig``.
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,6 +104,16 @@ def _load_yaml(path: str | os.PathLike) -> Any:
     return _resolve(loaded, str(path))
 
 
+def _snapshot(tree: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of plain config data (through JSON: C speed, and tuples become lists as a
+    YAML config would have them); other objects (a ``torch.dtype`` in a Python dict) are
+    deep-copied as they are."""
+    try:
+        return json.loads(json.dumps(tree))
+    except (TypeError, ValueError):
+        return copy.deepcopy(tree)
+
+
 def normalize(cfg: Any) -> BuildConfig:
     """Check the top level of a full config (or wrap a bare model node) and fill defaults."""
     plain = to_plain(cfg)
@@ -117,7 +129,11 @@ def normalize(cfg: Any) -> BuildConfig:
             problems.append(
                 (str(k), f"unknown top-level key; expected one of {', '.join(BUILD_KEYS)}")
             )
-    full = {**DEFAULTS, **{k: v for k, v in plain.items() if v is not None or k == "input_shape"}}
+    # A private snapshot: the caller may edit their dict after build, and the model keeps
+    # this config (save writes it), so it must not share anything with the caller's.
+    full = _snapshot(
+        {**DEFAULTS, **{k: v for k, v in plain.items() if v is not None or k == "input_shape"}}
+    )
     seed = full["seed"]
     if isinstance(seed, bool) or not isinstance(seed, int):
         problems.append(("seed", f"expected an integer, got {seed!r}"))

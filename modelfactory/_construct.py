@@ -49,7 +49,6 @@ class Context:
     device: torch.device
     seed_streams: bool = True
     node_devices: dict[int, torch.device] = field(default_factory=dict)  # key -> device
-    substitutions: dict[int, Node] = field(default_factory=dict)  # key -> eager twin of a lazy node
     records: list[Built] = field(default_factory=list)
     default_gen: torch.Generator | None = field(init=False, default=None)
 
@@ -74,12 +73,7 @@ def construct(node: Node, key: int, ctx: Context) -> Any:
 
 def _build_node(node: Node, parent_key: int, ctx: Context, device: torch.device) -> Any:
     key = mix(parent_key, node.component)
-    dev = device
-    if ctx.node_devices or ctx.substitutions:
-        dev = ctx.node_devices.get(key, device)
-        if key in ctx.substitutions:
-            node = ctx.substitutions[key]
-            key = mix(parent_key, node.component)
+    dev = ctx.node_devices.get(key, device) if ctx.node_devices else device
     if node.dynamic:
         args = [_build_value(a, key, ctx, dev) for a in node.args]
         kwargs = {}

@@ -149,7 +149,7 @@ def _parse_node(
                 node.mutable = True
                 digest.append(f"{k}={_digest_value(v)}")
         elif k not in ignore:
-            digest.append(f"{k}={v!r}")
+            digest.append(f"{k}={_digest_value(v) if type(v) is tuple else repr(v)}")
         if k in types and not holds_node(v) and not fits(v, types[k]):
             problems.append((f"{path}.{k}", f"expected {describe(types[k])} for {name}, got {v!r}"))
         kwargs[k] = v

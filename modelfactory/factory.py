@@ -12,15 +12,23 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules.lazy import LazyModuleMixin
 
 from . import device as devices
 from ._config import BuildConfig, normalize
 from ._construct import ROOT, Built, Context, construct, mix, preserved_rng, root_key
+from ._dryrun import (
+    PATHS_ATTR,
+    dry_run,
+    eager_tree,
+    has_lazy,
+    has_uninitialized,
+    record_paths,
+    run_sample,
+    traced,
+)
 from ._lazy import materialize_lazy
-from ._spec import Node, _parse_node, own_digest
-from ._targets import qualified_name, signature_of
-from .errors import BuildError, ConfigError, ModelFactoryError
+from ._spec import Node, _parse_node
+from .errors import BuildError, ConfigError, DeviceError
 from .init import apply_rules, parse_rules
 from .tie import apply_ties, check_ties, resolve_groups
 
@@ -28,7 +36,6 @@ __all__ = ["build", "build_skeleton", "run_sample", "sample_input"]
 
 CONFIG_ATTR = "_modelfactory_config"
 TIES_ATTR = "_modelfactory_ties"
-PATHS_ATTR = "_modelfactory_paths"  # module name -> config path of the node that built it
 
 
 def build(
@@ -105,21 +112,26 @@ def _plan(bc: BuildConfig) -> _Plan:
     else:
         spec = _parse_node(bc.model, ROOT, ROOT, problems, 0)
     rules = parse_rules(bc.init_rules, problems)
-    target = _checked(devices.resolve_device, bc.device, "device.device", problems)
-    dtype = _checked(devices.parse_dtype, bc.dtype, "device.dtype", problems)
-    dmap = _checked(devices.parse_map, bc.device_map, "device.map", problems)
-    _checked(devices.parse_dtype, bc.input_dtype, "input_dtype", problems)
+    classes = {ConfigError} if problems else set()
+    target = _checked(devices.resolve_device, bc.device, "device.device", problems, classes)
+    dtype = _checked(devices.parse_dtype, bc.dtype, "device.dtype", problems, classes)
+    dmap = _checked(devices.parse_map, bc.device_map, "device.map", problems, classes)
+    _checked(devices.parse_dtype, bc.input_dtype, "input_dtype", problems, classes)
     if problems:
-        raise ConfigError(problems)
+        # One kind of problem keeps its class (a missing device is a DeviceError).
+        raise (classes.pop() if len(classes) == 1 else ConfigError)(problems)
     return _Plan(spec, rules, target, dtype, dmap)
 
 
-def _checked(fn: Any, value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
-    """``fn(value, path)``, or ``None`` with its problems appended."""
+def _checked(
+    fn: Any, value: Any, path: str, problems: list[tuple[str, str]], classes: set[type]
+) -> Any:
+    """``fn(value, path)``, or ``None`` with its problems and error class recorded."""
     try:
         return fn(value, path)
     except ConfigError as e:
         problems += e.problems
+        classes.add(type(e))
         return None
 
 
@@ -157,28 +169,25 @@ def _null():
 
 def _run(bc: BuildConfig, plan: _Plan, *, init: bool) -> nn.Module:
     target = plan.target
-    needs_skeleton = bool(plan.dmap) or (bc.input_shape is not None and _has_lazy(plan.spec))
-    node_devices: dict[int, torch.device] = {}
-    substitutions: dict[int, Node] = {}
-    if needs_skeleton and (target.type != "meta" or plan.dmap):
-        skeleton, records = _construct(plan, bc, Context(torch.device("meta"), seed_streams=False))
-        if bc.input_shape is not None:
-            skeleton, records = _dry_run(skeleton, records, plan, bc)
-            substitutions = _eager_twins(records)
+    with preserved_rng(_devices_used(plan)):
+        lazy = bc.input_shape is not None and has_lazy(plan.spec)
+        if lazy and target.type != "meta":
+            plan = _eager_plan(plan, bc)
+        node_devices: dict[int, torch.device] = {}
         if plan.dmap:
+            skeleton, records = _construct(plan, bc, Context(torch.device("meta"), False))
             node_devices = _node_devices(skeleton, records, plan.dmap)
-    used = sorted({target, *node_devices.values()}, key=str)
-    with preserved_rng(used):
-        ctx = Context(
-            target, seed_streams=init, node_devices=node_devices, substitutions=substitutions
-        )
+        ctx = Context(target, seed_streams=init, node_devices=node_devices)
         model, records = _construct(plan, bc, ctx)
-        if bc.input_shape is not None and _has_uninitialized(model):
-            # Lazy layers with no eager twin (user-defined): one real run, seeded.
+        if bc.input_shape is not None and has_uninitialized(model):
+            # Lazy layers with no eager twin (user-defined, or Repeat copies that saw
+            # different sizes): one real, seeded run in eval mode.
             torch.default_generator.manual_seed(mix(root_key(bc.seed), "lazy"))
-            _forward(model, records, sample_input(bc, target), "materializing lazy layers")
-    if init and plan.rules:
-        apply_rules(model, plan.rules, records, root_key(bc.seed))
+            model.eval()
+            traced(model, sample_input(bc, target), record_paths(records), "materializing")
+            model.train()
+        if init and plan.rules:
+            apply_rules(model, plan.rules, records, root_key(bc.seed))
     ties = resolve_groups(model, bc.tie_groups) if bc.tie_groups else []
     apply_ties(model, ties)
     check_ties(model, ties)
@@ -186,31 +195,40 @@ def _run(bc: BuildConfig, plan: _Plan, *, init: bool) -> nn.Module:
         devices.place_hooks(model, _mapping(model, plan.dmap))
     model.__dict__[CONFIG_ATTR] = bc.resolved
     model.__dict__[TIES_ATTR] = ties
-    built = {id(r.module): r.node.path for r in records}
+    built = record_paths(records)
     model.__dict__[PATHS_ATTR] = {
         n: built[id(m)] for n, m in model.named_modules() if id(m) in built
     }
     return model
 
 
-def _has_lazy(spec: Any) -> bool:
-    if isinstance(spec, Node):
-        if isinstance(spec.target, type) and issubclass(spec.target, LazyModuleMixin):
-            return True
-        return any(_has_lazy(a) for a in spec.args) or any(
-            _has_lazy(v) for v in spec.kwargs.values()
-        )
-    if isinstance(spec, list):
-        return any(_has_lazy(x) for x in spec)
-    if isinstance(spec, dict):
-        return any(_has_lazy(x) for x in spec.values())
-    return False
+def _devices_used(plan: _Plan) -> list[torch.device]:
+    """Every device whose global RNG a build may touch (restored afterwards)."""
+    used = {plan.target, torch.device("cpu")}
+    if isinstance(plan.dmap, dict):
+        used.update(plan.dmap.values())
+    elif plan.dmap == "balanced":
+        used.update(devices.try_all_gpus())
+    return sorted(used, key=str)
 
 
-def _has_uninitialized(model: nn.Module) -> bool:
-    return any(
-        isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in model.modules()
+def _eager_plan(plan: _Plan, bc: BuildConfig) -> _Plan:
+    """Materialize the lazy layers on a skeleton, then re-plan from the config with each lazy
+    node rewritten as its eager twin (unchanged when some lazy node has none)."""
+    records = dry_run(
+        lambda dev: _construct(plan, bc, Context(dev, seed_streams=False)),
+        lambda dev: sample_input(bc, dev),
     )
+    tree = eager_tree(bc.model, records)
+    if tree is None or tree is bc.model:
+        return plan
+    problems: list[tuple[str, str]] = []
+    spec = _parse_node(tree, ROOT, ROOT, problems, 0)
+    if problems:  # the twin of a well-formed lazy node is well-formed
+        raise ConfigError(
+            problems, header="Internal error: the eager twin config is not well-formed:"
+        )
+    return _Plan(spec, plan.rules, plan.target, plan.dtype, plan.dmap)
 
 
 def sample_input(bc: BuildConfig, device: torch.device) -> torch.Tensor:
@@ -231,127 +249,15 @@ def sample_input(bc: BuildConfig, device: torch.device) -> torch.Tensor:
     return torch.zeros(shape, dtype=dtype, device=device)
 
 
-def _forward(model: nn.Module, records: list[Built], x: torch.Tensor, what: str) -> Any:
-    """Run ``model(x)`` while building; on failure name the config path of the failing block."""
-    return _traced(model, x, {id(r.module): r.node.path for r in records}, what)
-
-
-def run_sample(model: nn.Module, x: torch.Tensor) -> Any:
-    """``model(x)`` in ``eval`` mode under ``no_grad``.
-
-    Raises:
-        BuildError: naming the config path of the innermost block that failed (for models
-            :func:`build` made), else its module name.
-    """
-    by_name = model.__dict__.get(PATHS_ATTR, {})
-    paths = {
-        id(m): by_name.get(n) or f"module {n or '<root>'!r} ({type(m).__name__})"
-        for n, m in model.named_modules()
-    }
-    was_training = model.training
-    model.eval()
-    try:
-        return _traced(model, x, paths, "the sample forward pass")
-    finally:
-        model.train(was_training)
-
-
-def _traced(model: nn.Module, x: torch.Tensor, paths: dict[int, str], what: str) -> Any:
-    stack: list[str] = []
-    handles = []
-
-    def enter(mod: nn.Module, _args: Any) -> None:
-        stack.append(paths[id(mod)])
-
-    def leave(_mod: nn.Module, _args: Any, _out: Any) -> None:
-        stack.pop()  # returns None: a forward hook's return value would replace the output
-
-    for m in model.modules():
-        if id(m) in paths:
-            handles.append(m.register_forward_pre_hook(enter))
-            handles.append(m.register_forward_hook(leave))
-    try:
-        with torch.no_grad():
-            return model(x)
-    except ModelFactoryError:
-        raise
-    except Exception as e:
-        raise BuildError(
-            stack[-1] if stack else ROOT,
-            f"{what} with input_shape {list(x.shape)} failed: {type(e).__name__}: {e}",
-        ) from e
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _dry_run(
-    skeleton: nn.Module, records: list[Built], plan: _Plan, bc: BuildConfig
-) -> tuple[nn.Module, list[Built]]:
-    """Materialize lazy layers on ``meta``; fall back to one real CPU run when the forward
-    reads values (data-dependent control flow cannot run on ``meta``)."""
-    try:
-        _forward(skeleton, records, sample_input(bc, torch.device("meta")), "dry run on meta")
-        return skeleton, records
-    except BuildError as e:
-        if not _is_meta_limitation(e.__cause__):
-            raise
-    cpu, records = _construct(plan, bc, Context(torch.device("cpu"), seed_streams=False))
-    _forward(cpu, records, sample_input(bc, torch.device("cpu")), "sample run on cpu")
-    return cpu, records
-
-
-def _is_meta_limitation(e: BaseException | None) -> bool:
-    text = f"{type(e).__name__}: {e}".lower()
-    return any(
-        s in text
-        for s in (
-            "meta",
-            "data-dependent",
-            "item()",
-            "cannot be converted",
-            "boolean value of tensor",
-        )
-    )
-
-
-def _eager_twins(records: list[Built]) -> dict[int, Node]:
-    """For each materialized lazy layer, the eager node it stands for (``LazyLinear(256)`` that
-    saw 20 features -> ``Linear(20, 256)``), keyed by the lazy instance's stream key, so the
-    real build gets exactly the values of the eager model."""
-    out = {}
-    for r in records:
-        node = r.node
-        if not (isinstance(node.target, type) and issubclass(node.target, LazyModuleMixin)):
-            continue
-        cls = type(r.module)
-        if isinstance(r.module, LazyModuleMixin):  # no cls_to_become: materialize in place
-            continue
-        kwargs = dict(node.kwargs)
-        sig = signature_of(cls)
-        for name in sig.required:
-            if name not in kwargs and hasattr(r.module, name):
-                kwargs[name] = getattr(r.module, name)
-        if any(r not in kwargs for r in sig.required):
-            continue
-        digest = own_digest(qualified_name(cls), list(node.args), kwargs)
-        twin = Node(
-            path=node.path,
-            target=cls,
-            target_name=qualified_name(cls),
-            component=f"{node.prefix}|{digest}{node.ordinal}",
-            args=list(node.args),
-            kwargs=kwargs,
-            prefix=node.prefix,
-            ordinal=node.ordinal,
-        )
-        out[r.key] = twin
-    return out
-
-
 def _node_devices(skeleton: nn.Module, records: list[Built], dmap: Any) -> dict[int, torch.device]:
+    """The device of every node instance, from ``device.map`` over the skeleton's module names."""
     mapping = _mapping(skeleton, dmap)
     names = {id(m): n for n, m in skeleton.named_modules()}
+    unknown = [p for p in mapping if p and p not in names.values()]
+    if unknown:
+        raise DeviceError(
+            [(f"device.map.{p}", f"{p!r} names no module of the model") for p in unknown]
+        )
     out = {}
     for r in records:
         name = names.get(id(r.module))

@@ -95,7 +95,14 @@ def parse_rules(
             problems.append(
                 (path_join(path, "optional"), f"expected true or false, got {optional!r}")
             )
-        if len(problems) == n_before and not node.dynamic:
+        if node.dynamic:
+            problems.append(
+                (
+                    path_join(path, "fn"),
+                    "an init function's arguments must be plain values, not blocks",
+                )
+            )
+        if len(problems) == n_before:
             out.append(
                 Rule(
                     path, params, frozenset(modules), node.target, dict(node.kwargs), bool(optional)
@@ -181,12 +188,15 @@ def apply_rules(model: nn.Module, rules: list[Rule], records: Iterable[Built], r
             if param.is_meta:
                 continue
             kwargs = rule.kwargs
+            key = mix(key_of(mname), f"init/{pname}")
             if accepts(rule.fn, "generator"):
                 gen = generators.get(param.device)
                 if gen is None:
                     gen = generators[param.device] = torch.Generator(device=param.device)
-                gen.manual_seed(mix(key_of(mname), f"init/{pname}"))
+                gen.manual_seed(key)
                 kwargs = {**kwargs, "generator": gen}
+            else:  # a function that draws from the default generator: seed that instead
+                _default_generator(param.device).manual_seed(key)
             try:
                 rule.fn(param, **kwargs)
             except Exception as e:
@@ -194,6 +204,12 @@ def apply_rules(model: nn.Module, rules: list[Rule], records: Iterable[Built], r
                     path_join(rule.path, "fn"),
                     f"failed on parameter {full!r}: {type(e).__name__}: {e}",
                 ) from e
+
+
+def _default_generator(device: torch.device) -> torch.Generator:
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index or 0]
+    return torch.default_generator
 
 
 def d2l_mixture_(

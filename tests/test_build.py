@@ -297,3 +297,15 @@ def test_wrong_scalar_types_are_caught_before_building():
         e.value
     )
     assert "model.layers.2.bias: expected bool for torch.nn.Linear, got 1" in str(e.value)
+
+
+def test_editing_the_input_after_build_does_not_change_the_model_config():
+    from modelfactory._config import DEFAULTS
+    from modelfactory.factory import CONFIG_ATTR
+
+    cfg = {"model": seq(lin(2, 3), {"_target_": "torch.nn.GELU", "approximate": "none"})}
+    m = mf.build(cfg)
+    cfg["model"]["layers"][1]["approximate"] = "tanh"
+    kept = m.__dict__[CONFIG_ATTR]
+    assert kept["model"]["layers"][1]["approximate"] == "none"
+    assert kept["init"] is not DEFAULTS["init"]

@@ -228,3 +228,11 @@ def test_report_reads_jobs_in_order(basic_sweep) -> None:
     jobs = report.collect(sweep_dir)
     assert [j.num for j in jobs] == [0, 1, 2, 3] and all(j.ok for j in jobs)
     assert "init=xavier seed=1" in report.table(jobs)
+
+
+def test_meta_device_builds_a_skeleton_without_checksum_or_checkpoint(tmp_path: Path) -> None:
+    r = run(tmp_path, "model=lazy_mlp", "device.device=meta", "hydra.run.dir=outputs/meta")
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout + r.stderr
+    assert "checksum: none" in out and "no checkpoint" in out
+    assert not (tmp_path / "outputs/meta/model.safetensors").exists()

@@ -109,3 +109,13 @@ def test_hooks_move_tensors_only_when_needed():
     handles = devices.place_hooks(m, {"0": torch.device("cpu")})
     x = torch.rand(1, 2)
     assert m(x).device.type == "cpu" and len(handles) == 1
+
+
+def test_device_map_with_an_unknown_prefix_names_it():
+    with pytest.raises(DeviceError, match=r"device\.map\.nope: 'nope' names no module"):
+        mf.build({"model": seq(lin(2, 2)), "device": {"device": "cpu", "map": {"nope": "cpu"}}})
+
+
+def test_a_missing_device_is_a_device_error(composed):
+    with pytest.raises(DeviceError):
+        mf.build(composed(["model=mlp", "device.device=cuda:3"]))

@@ -193,3 +193,87 @@ def test_init_report_gives_weight_stats_and_activation_std_by_depth(composed):
     assert abs(report["weights"][0]["std"] - 0.01) < 0.002
     assert [a["name"] for a in report["activations"]] == ["0", "1", "2"]
     assert report["activations"][2]["std"] < report["activations"][0]["std"]
+
+
+def test_a_lazy_layer_and_its_eager_sibling_get_independent_values():
+    eager_layer = lin(8, 8)
+    lazy = mf.build(
+        {
+            "model": seq({"_target_": "torch.nn.LazyLinear", "out_features": 8}, eager_layer),
+            "input_shape": [2, 8],
+        }
+    )
+    eager = mf.build({"model": seq(eager_layer, eager_layer), "input_shape": [2, 8]})
+    assert not torch.equal(lazy[0].weight, lazy[1].weight)
+    for k, v in weights(eager).items():
+        assert torch.equal(weights(lazy)[k], v), k
+
+
+def test_tuple_and_list_arguments_give_the_same_stream_and_lazy_conv_matches_eager():
+    conv = {
+        "_target_": "torch.nn.Conv2d",
+        "in_channels": 3,
+        "out_channels": 4,
+        "kernel_size": [3, 3],
+    }
+    as_tuple = {**conv, "kernel_size": (3, 3)}
+    lazy = {"_target_": "torch.nn.LazyConv2d", "out_channels": 4, "kernel_size": (3, 3)}
+    a = mf.build({"model": seq(conv), "input_shape": [1, 3, 8, 8]})
+    b = mf.build({"model": seq(as_tuple), "input_shape": [1, 3, 8, 8]})
+    c = mf.build({"model": seq(lazy), "input_shape": [1, 3, 8, 8]})
+    assert torch.equal(a[0].weight, b[0].weight) and torch.equal(a[0].weight, c[0].weight)
+
+
+def test_nested_blocks_in_an_init_function_are_an_error():
+    rule = {
+        "params": "weight",
+        "fn": {
+            "_target_": "torch.nn.init.orthogonal_",
+            "gain": {"_target_": "torch.nn.init.calculate_gain", "nonlinearity": "relu"},
+        },
+    }
+    with pytest.raises(
+        ConfigError, match=r"init\.rules\.0\.fn: an init function's arguments must be plain"
+    ):
+        mf.build({"model": lin(4, 4), "init": {"rules": [rule]}})
+
+
+def test_init_functions_without_a_generator_are_seeded_too():
+    cfg = {
+        "model": lin(6, 6),
+        "init": {"rules": [{"params": "weight", "fn": {"_target_": "tests.user_blocks.noisy_"}}]},
+    }
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    a, b = mf.build(cfg), mf.build(cfg)
+    assert torch.equal(torch.rand(3), expected)  # the global RNG is untouched
+    assert torch.equal(a.weight, b.weight) and abs(a.weight.std().item() - 1) < 0.5
+
+
+def test_materializing_runs_leave_rng_and_batchnorm_statistics_alone():
+    # the fixed-hidden MLP cannot run on meta: the dry run falls back to the CPU
+    fallback = {
+        "model": seq(
+            {"_target_": "torch.nn.LazyLinear", "out_features": 20},
+            {"_target_": "modelfactory.layers.FixedHiddenMLP"},
+        ),
+        "input_shape": [2, 20],
+    }
+    # a lazy layer hidden inside a user block has no eager twin: one real run
+    hidden = {
+        "model": seq(
+            {"_target_": "torch.nn.BatchNorm1d", "num_features": 4},
+            {"_target_": "tests.user_blocks.LazyHead", "out_features": 3},
+        ),
+        "input_shape": [8, 4],
+    }
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    mf.build(fallback)
+    m = mf.build(hidden)
+    assert torch.equal(torch.rand(3), expected)
+    assert m[1].fc.weight.shape == (3, 4) and m.training
+    assert torch.equal(m[0].running_mean, torch.zeros(4)) and m[0].num_batches_tracked == 0
+    assert torch.equal(mf.build(hidden)[1].fc.weight, m[1].fc.weight)

@@ -101,7 +101,7 @@ def checksum(output: Any) -> dict[str, Any]:
 def format_checksum(c: dict[str, Any] | None) -> str:
     """One line: ``checksum sha256=<64 hex> sum=<float>``."""
     if c is None:
-        return "checksum: none (the config has no input_shape, so there is no sample input)"
+        return "checksum: none (no sample input: no input_shape in the config, or a meta model)"
     return f"checksum: sha256={c['sha256']} sum={c['sum']:.9g} shape={c['shapes']}"
 
 
@@ -111,12 +111,16 @@ def sample_output(model: nn.Module, cfg: dict[str, Any]) -> tuple[torch.Tensor, 
     Returns ``None`` when the config has no ``input_shape``.
     """
     bc = normalize(cfg)
-    if bc.input_shape is None:
+    if bc.input_shape is None or _on_meta(model):
         return None
     first = next(iter(model.parameters()), None)
     dev = first.device if first is not None else devices.resolve_device(bc.device)
     x = sample_input(bc, dev)
     return x, run_sample(model, x)
+
+
+def _on_meta(model: nn.Module) -> bool:
+    return any(t.is_meta for t in (*model.parameters(), *model.buffers()))
 
 
 def _describe(model: nn.Module, cfg: dict[str, Any]) -> tuple[dict[str, Any] | None, Any]:
@@ -141,6 +145,10 @@ def build_job(cfg: Any, out_dir: Path) -> dict[str, Any]:
     plain = build_config(cfg)
     model = mf.build(plain)
     c, x = _describe(model, plain)
+    if _on_meta(model):
+        log.info("device meta: a skeleton without values, so no checksum and no checkpoint")
+        (out_dir / METRICS_FILE).write_text(json.dumps({"checksum": None}, indent=1))
+        return {"checksum": None}
     with Spinner(f"saving checkpoint to {out_dir}"):
         mf.save(model, out_dir)
     metrics: dict[str, Any] = {"checksum": c}

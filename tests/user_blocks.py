@@ -1,0 +1,23 @@
+"""Importable user code for the tests (``tests.user_blocks.*``): what a user's package holds."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def noisy_(tensor: torch.Tensor, std: float = 1.0) -> torch.Tensor:
+    """An init function that takes no generator: it draws from the default one."""
+    with torch.no_grad():
+        return tensor.normal_(0.0, std)
+
+
+class LazyHead(nn.Module):
+    """A user block that makes a lazy layer inside its own constructor."""
+
+    def __init__(self, out_features: int) -> None:
+        super().__init__()
+        self.fc = nn.LazyLinear(out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
