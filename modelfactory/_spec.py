@@ -54,7 +54,7 @@ def parse(tree: Any, path: str, *, partial: bool = False) -> Node:
     problems: list[tuple[str, str]] = []
     if not isinstance(tree, dict) or "_target_" not in tree:
         raise ConfigError([(path, f"expected a mapping with a '_target_' key, got {_kind(tree)}")])
-    node = _parse_node(tree, path, "", problems, 0, partial)
+    node = parse_node(tree, path, "", problems, 0, partial)
     if problems:
         raise ConfigError(problems)
     return node
@@ -71,7 +71,7 @@ def _is_scalar(v: Any) -> bool:
 def own_digest(target_name: str, args: list[Any], kwargs: dict[str, Any]) -> str:
     """A node's own settings: its target and every argument that is not a block.
 
-    Must agree with the digest :func:`_parse_node` computes while parsing.
+    Must agree with the digest :func:`parse_node` computes while parsing.
     """
     parts = [_digest_value(a) for a in args if not holds_node(a)]
     parts += [f"{k}={_digest_value(v)}" for k, v in kwargs.items() if not holds_node(v)]
@@ -96,7 +96,7 @@ def holds_node(v: Any) -> bool:
     return False
 
 
-def _parse_node(
+def parse_node(
     tree: dict[str, Any],
     path: str,
     component: str,
@@ -240,7 +240,7 @@ def _parse_value(
     """
     if type(v) is dict:
         if "_target_" in v:
-            node = _parse_node(v, path, component, problems, depth + 1)
+            node = parse_node(v, path, component, problems, depth + 1)
             if siblings is not None:
                 # A list item is named by its settings and its ordinal among identical
                 # siblings, not by its position.

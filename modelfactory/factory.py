@@ -27,7 +27,7 @@ from ._dryrun import (
     traced,
 )
 from ._lazy import materialize_lazy
-from ._spec import Node, _parse_node
+from ._spec import Node, parse_node
 from .errors import BuildError, ConfigError, DeviceError
 from .init import apply_rules, parse_rules
 from .tie import apply_ties, check_ties, resolve_groups
@@ -110,7 +110,7 @@ def _plan(bc: BuildConfig) -> _Plan:
     if not isinstance(bc.model, dict) or "_target_" not in bc.model:
         problems.append((ROOT, f"expected a mapping with a '_target_' key, got {bc.model!r}"))
     else:
-        spec = _parse_node(bc.model, ROOT, ROOT, problems, 0)
+        spec = parse_node(bc.model, ROOT, ROOT, problems, 0)
     rules = parse_rules(bc.init_rules, problems)
     classes = {ConfigError} if problems else set()
     target = _checked(devices.resolve_device, bc.device, "device.device", problems, classes)
@@ -223,7 +223,7 @@ def _eager_plan(plan: _Plan, bc: BuildConfig) -> _Plan:
     if tree is None or tree is bc.model:
         return plan
     problems: list[tuple[str, str]] = []
-    spec = _parse_node(tree, ROOT, ROOT, problems, 0)
+    spec = parse_node(tree, ROOT, ROOT, problems, 0)
     if problems:  # the twin of a well-formed lazy node is well-formed
         raise ConfigError(
             problems, header="Internal error: the eager twin config is not well-formed:"

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from ._construct import Built, mix
-from ._spec import Node, _parse_node
+from ._spec import Node, parse_node
 from ._targets import accepts
 from .errors import BuildError, ConfigError, path_join
 
@@ -89,7 +89,7 @@ def parse_rules(
             )
             continue
         n_before = len(problems)
-        node: Node = _parse_node(fn, path_join(path, "fn"), "", problems, 0, partial=True)
+        node: Node = parse_node(fn, path_join(path, "fn"), "", problems, 0, partial=True)
         optional = rule.get("optional", False)
         if not isinstance(optional, bool):
             problems.append(

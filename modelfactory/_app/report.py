@@ -15,9 +15,6 @@ from .job import ERROR_FILE, METRICS_FILE
 
 __all__ = ["JobResult", "collect", "table", "write_csv", "write_png"]
 
-CSV_NAME = "sweep.csv"
-PNG_NAME = "sweep.png"
-
 
 @dataclass
 class JobResult:
