@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import secrets
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # safe either way;
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
 FORMAT_VERSION = 1
+# A writer's temporary file is removed by a later save only when its pid is dead here AND it
+# has not been touched for this long: on a shared filesystem the pid may be another host's.
+ORPHAN_AGE_S = 600
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -63,11 +67,19 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def _remove_orphans(path: Path) -> None:
-    """Delete temporary files of earlier saves to ``path`` whose process died mid-write (a
-    kill leaves them behind; a live writer's file is never touched)."""
+    """Delete temporary files of earlier saves to ``path`` that a killed writer left behind.
+
+    Conservative: the file must be untouched for ``ORPHAN_AGE_S`` seconds and its pid dead in
+    this pid namespace (on a shared filesystem a pid alone could be another host's writer).
+    """
+    stale = time.time() - ORPHAN_AGE_S
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*-*.tmp"):
         pid = tmp.name[len(path.name) + 2 :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        try:
+            old = tmp.stat().st_mtime < stale
+        except FileNotFoundError:  # its writer finished or another save removed it
+            continue
+        if old and pid.isdigit() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
 
 

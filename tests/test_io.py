@@ -445,3 +445,30 @@ def test_no_warnings_on_a_clean_round_trip(saved: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mf.load(saved.parent)
+
+
+def test_save_removes_only_old_temporary_files_of_dead_writers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pid that is not alive here may be a live writer on another host sharing the
+    directory: its temporary file goes only once it is also old."""
+    live, dead = 1000, 2000
+    monkeypatch.setattr(_safefile, "_alive", lambda pid: pid == live)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    old = os.path.getmtime(ckpt) - _safefile.ORPHAN_AGE_S - 60
+    tmps = {
+        (pid, age): ckpt / f".model.safetensors.{pid}-{age}0000000.tmp"
+        for pid in (live, dead)
+        for age in ("old", "new")
+    }
+    for (_, age), tmp in tmps.items():
+        tmp.write_bytes(b"partial")
+        if age == "old":
+            os.utime(tmp, (old, old))
+    mf.save(_build("mlp"), ckpt)
+    assert {k for k, tmp in tmps.items() if tmp.exists()} == {
+        (live, "old"),
+        (live, "new"),
+        (dead, "new"),
+    }
