@@ -20,14 +20,14 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from ._stwriter import PAD_PREFIX, dtype_name, write_file
+from ._stwriter import PAD_PREFIX, dtype_name, unsupported, write_file
 from .errors import CheckpointError
 
 META_KEY = "modelfactory"
@@ -38,6 +38,8 @@ FORMAT_VERSION = 1
 # A writer's temporary file is removed by a later save only when its pid is dead here AND it
 # has not been touched for this long: on a shared filesystem the pid may be another host's.
 ORPHAN_AGE_S = 600
+READ_ATTEMPTS = 3
+T = TypeVar("T")
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -137,7 +139,14 @@ def dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], d
 
 
 def write(path: Path, tensors: dict[str, torch.Tensor], doc: dict[str, Any]) -> None:
-    """Atomically write ``tensors`` with ``doc`` (completed with version and digests)."""
+    """Atomically write ``tensors`` with ``doc`` (completed with version and digests).
+
+    Raises:
+        CheckpointError: a dtype safetensors cannot store, a reserved name, or an OS error.
+    """
+    problems = unsupported([*tensors, *doc.get("aliases", {})], tensors)
+    if problems:
+        raise CheckpointError(path, "cannot save:\n  " + "\n  ".join(problems))
     doc = {
         "format_version": FORMAT_VERSION,
         **doc,
@@ -148,7 +157,10 @@ def write(path: Path, tensors: dict[str, torch.Tensor], doc: dict[str, Any]) -> 
     }
     doc["digest"] = _doc_digest(doc)
     meta = {META_KEY: json.dumps(doc, separators=(",", ":"))}
-    atomic_write(path, lambda tmp: write_file(tmp, tensors, meta))
+    try:
+        atomic_write(path, lambda tmp: write_file(tmp, tensors, meta))
+    except OSError as e:  # disk full, permissions: name the file
+        raise CheckpointError(path, f"cannot write ({e})") from e
 
 
 @dataclass
@@ -202,9 +214,13 @@ def _parse_doc(file: Path, text: str, index: dict, require: str | None) -> dict[
         raise CheckpointError(file, f"corrupt modelfactory metadata: not JSON ({e})") from e
     except RecursionError as e:
         raise CheckpointError(file, "modelfactory metadata nests too deeply to be a config") from e
-    if not isinstance(doc, dict) or not isinstance(doc.get("format_version"), int):
-        raise CheckpointError(file, "corrupt modelfactory metadata: no integer format_version")
-    version = doc["format_version"]
+    version = doc.get("format_version") if isinstance(doc, dict) else None
+    if not _is_count(version) or version < 1:
+        raise CheckpointError(
+            file,
+            f"corrupt modelfactory metadata: 'format_version' must be an integer >= 1, "
+            f"got {_short(version)}",
+        )
     if version > FORMAT_VERSION:
         raise CheckpointError(
             file,
@@ -213,11 +229,14 @@ def _parse_doc(file: Path, text: str, index: dict, require: str | None) -> dict[
         )
     if doc.get("digest") != _doc_digest(doc):
         raise CheckpointError(file, "corrupt modelfactory metadata: its digest does not match")
-    if require is not None and doc.get("kind") != require:
+    problems = _schema_problems(doc)
+    if problems:
+        raise CheckpointError(file, "corrupt modelfactory metadata:\n  " + "\n  ".join(problems))
+    if require is not None and doc["kind"] != require:
         raise CheckpointError(
-            file, f"holds {doc.get('kind')!r}, not a {require}; use load_tensors() for it"
+            file, f"holds {doc['kind']!r}, not a {require}; use load_tensors() for it"
         )
-    listed = {k: (v[0], tuple(v[1])) for k, v in doc.get("tensors", {}).items()}
+    listed = {k: (v[0], tuple(v[1])) for k, v in doc["tensors"].items()}
     seen = {k: (dtype_name(d), s) for k, (d, s) in index.items()}
     if listed != seen:
         diff = sorted(set(listed.items()) ^ set(seen.items()))
@@ -227,6 +246,74 @@ def _parse_doc(file: Path, text: str, index: dict, require: str | None) -> dict[
     return doc
 
 
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_names(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _is_entry(v: Any) -> bool:
+    """``[dtype, shape, digest]`` as :func:`write` lists a tensor."""
+    return (
+        isinstance(v, list)
+        and len(v) == 3
+        and isinstance(v[0], str)
+        and isinstance(v[1], list)
+        and all(_is_count(n) and n >= 0 for n in v[1])
+        and isinstance(v[2], str)
+    )
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _schema_problems(doc: dict[str, Any]) -> list[str]:
+    """One line per field of the document that is missing or not what :func:`write` writes;
+    every field a reader uses is checked here, once, so readers can trust its shape."""
+    out: list[str] = []
+
+    def expect(field: str, ok: bool, what: str) -> None:
+        if not ok:
+            out.append(f"field {field!r}: expected {what}, got {_short(doc.get(field))}")
+
+    tensors = doc.get("tensors")
+    expect(
+        "tensors",
+        isinstance(tensors, dict) and all(_is_entry(v) for v in tensors.values()),
+        "a mapping name -> [dtype, shape, digest]",
+    )
+    stored = tensors if isinstance(tensors, dict) else {}
+    aliases = doc.get("aliases", {})
+    expect(
+        "aliases",
+        isinstance(aliases, dict)
+        and all(isinstance(v, str) and v in stored for v in aliases.values()),
+        "a mapping name -> name of a stored tensor",
+    )
+    for field in ("nonpersistent", "eval"):
+        expect(field, _is_names(doc.get(field, [])), "a list of names")
+    kind = doc.get("kind")
+    expect("kind", kind in ("model", "tensors"), "'model' or 'tensors'")
+    if kind == "model":
+        config = doc.get("config")
+        ok = isinstance(config, dict) and isinstance(config.get("model"), dict)
+        expect("config", ok, "a mapping with a 'model' entry")
+    elif kind == "tensors":
+        keys, container = doc.get("keys"), doc.get("container")
+        names = {*stored, *(aliases if isinstance(aliases, dict) else {})}
+        ok = _is_names(keys) and all(k in names for k in keys)
+        expect("keys", ok, "a list of the names of stored tensors")
+        ok = container in ("list", "tuple", "dict") or (
+            container == "tensor" and isinstance(keys, list) and len(keys) == 1
+        )
+        expect("container", ok, "'tensor' (with one key), 'list', 'tuple' or 'dict'")
+    return out
+
+
 def read_tensors(file: Path) -> dict[str, torch.Tensor]:
     """All tensors of ``file``, memory-mapped (pages are read when first touched)."""
     try:
@@ -234,6 +321,50 @@ def read_tensors(file: Path) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(file, f"cannot read tensors ({e})") from e
     return {k: t for k, t in tensors.items() if not k.startswith(PAD_PREFIX)}
+
+
+def read(file: Path, *, require: str | None = None) -> tuple[Header, dict[str, torch.Tensor]]:
+    """The header and the tensors of ``file``, both read from the same version of it."""
+    return stable(file, lambda: (read_header(file, require=require), read_tensors(file)))
+
+
+def stable(file: Path, read: Callable[[], T]) -> T:
+    """``read()``, which opens ``file`` more than once, retried until ``file`` stayed the same
+    file throughout: a save (an atomic rename) landing between two opens would otherwise mix
+    one checkpoint's document with another's tensors, a model that was never saved."""
+    if not file.is_file():
+        raise CheckpointError(file, "no such checkpoint file")
+    for _ in range(READ_ATTEMPTS):
+        try:
+            fh = open(file, "rb")  # noqa: SIM115 (closed below)
+        except OSError as e:
+            raise CheckpointError(file, f"cannot open it ({e})") from e
+        with fh:  # held open, so no new file can get its inode number meanwhile
+            before = _identity(os.fstat(fh.fileno()))
+            try:
+                result = read()
+            except CheckpointError:
+                if _unchanged(file, before):
+                    raise
+                continue  # the error may come from the mix: read again
+            if _unchanged(file, before):
+                return result
+    raise CheckpointError(
+        file,
+        f"it changed while being read, {READ_ATTEMPTS} times in a row: another process keeps "
+        "saving to it; read it once that is done",
+    )
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _unchanged(file: Path, before: tuple[int, ...]) -> bool:
+    try:
+        return _identity(os.stat(file)) == before
+    except OSError:
+        return False
 
 
 def first_bad_tensor(header: Header) -> str | None:

@@ -17,11 +17,14 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from ._config import normalize
-from .errors import CheckpointError, ModelFactoryError
+from .errors import CheckpointError, ModelFactoryError, path_join
 from .factory import CONFIG_ATTR, build, build_skeleton
 
 __all__ = [
     "assign",
+    "check_filled",
+    "check_nonpersistent",
+    "check_plain",
     "collect",
     "config_of",
     "eval_modules",
@@ -117,6 +120,32 @@ def assign(
     return model
 
 
+def check_nonpersistent(skeleton: nn.Module, names: Iterable[str], file: Path) -> None:
+    """Only buffers may be listed as non-persistent (a parameter listed there would be left
+    out of the load and stay on ``meta``)."""
+    buffers = dict(skeleton.named_buffers(remove_duplicate=False))
+    bad = [k for k in names if k not in buffers]
+    if bad:
+        raise CheckpointError(
+            file,
+            "corrupt modelfactory metadata: 'nonpersistent' lists names that are not buffers "
+            f"of the model: {', '.join(map(repr, bad[:5]))}",
+        )
+
+
+def check_filled(model: nn.Module, file: Path) -> None:
+    """After assigning, no parameter or buffer may still be a ``meta`` placeholder."""
+    named = [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]
+    empty = [k for k, t in named if t.device.type == "meta"]
+    if empty:
+        raise CheckpointError(
+            file, f"holds no values for {', '.join(map(repr, empty[:5]))} (left on meta)"
+        )
+
+
 def _owner(model: nn.Module, key: str) -> tuple[nn.Module, str]:
     parent, _, leaf = key.rpartition(".")
     return (model.get_submodule(parent) if parent else model), leaf
@@ -147,6 +176,35 @@ def config_of(model: nn.Module, cfg: Any, file: Path) -> dict[str, Any]:
                 "architecture is unknown; pass cfg= (the config that builds it)",
             )
     return normalize(cfg).resolved
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def check_plain(config: Any, file: Path) -> None:
+    """The config is stored as JSON and copied as YAML: only plain data can round-trip."""
+    bad: list[str] = []
+    stack: list[tuple[str, Any]] = [("", config)]
+    while stack:
+        path, v = stack.pop()
+        if isinstance(v, dict):
+            bad += [
+                f"{path_join(path, k)} (a {type(k).__name__} key)"
+                for k in v
+                if not isinstance(k, str)
+            ]
+            stack += [(path_join(path, k), x) for k, x in v.items() if isinstance(k, str)]
+        elif isinstance(v, list):
+            stack += [(path_join(path, i), x) for i, x in enumerate(v)]
+        elif not isinstance(v, _PLAIN):
+            bad.append(f"{path or '<root>'} ({type(v).__module__}.{type(v).__qualname__}: {v!r})")
+    if bad:
+        raise CheckpointError(
+            file,
+            "cannot save: the config must be plain YAML/JSON data (strings, numbers, booleans, "
+            "null, lists, mappings with string keys); write these as such (dtype: 'float64', "
+            "not torch.float64):\n  " + "\n  ".join(sorted(bad)),
+        )
 
 
 def with_dtype(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:

@@ -13,11 +13,12 @@ identical input.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 
-__all__ = ["ALIGN", "PAD_PREFIX", "dtype_name", "write_file"]
+__all__ = ["ALIGN", "PAD_PREFIX", "dtype_name", "unsupported", "write_file"]
 
 ALIGN = 64
 PAD_PREFIX = "__modelfactory_pad__."
@@ -35,6 +36,22 @@ _NAMES = {code: str(dt).removeprefix("torch.") for dt, code in _CODES.items()}
 def dtype_name(code: str) -> str:
     """safetensors' dtype code (``"BF16"``) -> torch's name (``"bfloat16"``)."""
     return _NAMES.get(code, code)
+
+
+def unsupported(names: Iterable[str], tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """One line per name reserved for padding and per tensor whose dtype cannot be stored."""
+    out = [
+        f"name {k!r} is reserved for padding (it starts with {PAD_PREFIX!r}); rename it"
+        for k in names
+        if k.startswith(PAD_PREFIX)
+    ]
+    out += [
+        f"tensor {k!r} has dtype {str(t.dtype).removeprefix('torch.')}, which safetensors "
+        f"cannot store; convert it (supported: {', '.join(_NAMES.values())})"
+        for k, t in tensors.items()
+        if t.dtype not in _CODES
+    ]
+    return out
 
 
 def write_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

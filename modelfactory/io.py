@@ -49,12 +49,20 @@ def save(model: nn.Module, path: Pathish, *, cfg: Any = None) -> Path:
         The ``.safetensors`` file written.
 
     Raises:
-        CheckpointError: no config, lazy layers not materialized, broken ties, or a model
-            that no longer matches its config.
+        CheckpointError: no config, a config that is not plain data, lazy layers not
+            materialized, broken ties, a model that no longer matches its config, or a
+            ``path`` that is an existing file not named ``*.safetensors``.
     """
     path = Path(path)
     file = path if path.suffix == ".safetensors" else path / MODEL_FILE
+    if file != path and path.exists() and not path.is_dir():
+        raise CheckpointError(
+            path,
+            "exists and is not a directory; save to a directory (it gets model.safetensors "
+            "and config.yaml) or to a file name ending in .safetensors",
+        )
     config = _state.config_of(model, cfg, file)
+    _state.check_plain(config, file)
     lazy = _state.lazy_names(model)
     if lazy:
         raise CheckpointError(
@@ -89,7 +97,7 @@ def save(model: nn.Module, path: Pathish, *, cfg: Any = None) -> Path:
         "eval": _state.eval_modules(model),
         "versions": sf.versions(),
     }
-    file.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(file)
     if file.name == MODEL_FILE and file.parent == path:
         text = "# A copy for people: the config embedded in model.safetensors is the authority.\n"
         text += yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
@@ -127,23 +135,22 @@ def load(
 
     Raises:
         UntrustedTargetError: the config names a target outside the trusted prefixes.
-        CheckpointError: a missing or corrupt file, or (strict) tensors that do not fit.
+        CheckpointError: a missing or corrupt file, (strict) tensors that do not fit, or a
+            ``dtype`` that is not floating.
     """
     file, copy = sf.checkpoint_paths(path)
-    doc = sf.read_header(file, require="model").doc or {}
-    config = doc.get("config")
-    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
-        raise CheckpointError(file, "corrupt modelfactory metadata: no model config")
+    cast = _float_dtype(dtype, file)
+    header, stored = sf.read(file, require="model")
+    doc = header.doc or {}
+    config = doc["config"]
     check_config(config, file, parse_trusted(trusted, file))
     if copy is not None:
         sf.compare_copy(copy, config, file)
     target = resolve_device(device if device is not None else "cpu", "device")
-    cast = parse_dtype(dtype, "dtype") if dtype is not None else None
-    nonpersistent = list(doc.get("nonpersistent", []))
-    aliases = dict(doc.get("aliases", {}))
-    tensors = sf.read_tensors(file)
-    tensors.update({a: tensors[s] for a, s in aliases.items() if s in tensors})
+    nonpersistent, aliases = doc.get("nonpersistent", []), doc.get("aliases", {})
+    tensors = _with_aliases(stored, aliases)
     model = _state.skeleton(config, {k: t.shape for k, t in tensors.items()}, file)
+    _state.check_nonpersistent(model, nonpersistent, file)
     expected = _state.expected(model, nonpersistent)
     problems = _state.mismatches(expected, _state.signature(tensors))
     if problems and strict:
@@ -157,6 +164,7 @@ def load(
         model = _state.fit(model, config, tensors, expected, nonpersistent, aliases)
     else:
         _state.assign(model, tensors, nonpersistent, aliases)
+    _state.check_filled(model, file)
     ties = model.__dict__[TIES_ATTR]
     apply_ties(model, ties)
     check_ties(model, ties)
@@ -198,10 +206,9 @@ def load_weights(
         CheckpointError: (strict) tensors that do not fit, listed together.
     """
     file, _ = sf.checkpoint_paths(path)
-    header = sf.read_header(file)
+    header, stored = sf.read(file)
     doc = header.doc or {}
-    tensors = sf.read_tensors(file)
-    tensors.update({a: tensors[s] for a, s in doc.get("aliases", {}).items() if s in tensors})
+    tensors = _with_aliases(stored, doc.get("aliases", {}))
     for key in doc.get("nonpersistent", []):
         tensors.pop(key, None)
     mapping = {"": ""} if prefix_map is None else dict(prefix_map)
@@ -260,7 +267,7 @@ def save_tensors(obj: torch.Tensor | list | tuple | dict, path: Pathish) -> Path
     except ValueError as e:
         raise CheckpointError(path, f"cannot save: {e}") from e
     doc = {"kind": "tensors", "container": container, "keys": list(named), "aliases": aliases}
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     sf.write(path, stored, {**doc, "versions": sf.versions()})
     return path
 
@@ -274,9 +281,9 @@ def load_tensors(path: Pathish) -> torch.Tensor | list | tuple | dict:
         CheckpointError: a missing or corrupt file.
     """
     file, _ = sf.checkpoint_paths(path)
-    doc = sf.read_header(file).doc or {}
-    tensors = sf.read_tensors(file)
-    tensors.update({a: tensors[s] for a, s in doc.get("aliases", {}).items() if s in tensors})
+    header, stored = sf.read(file)
+    doc = header.doc or {}
+    tensors = _with_aliases(stored, doc.get("aliases", {}))
     if doc.get("kind") != "tensors":
         return tensors
     items = [tensors[k] for k in doc["keys"]]
@@ -310,6 +317,10 @@ def verify(path: Pathish) -> Verified:
             what else is wrong with the file.
     """
     file, _ = sf.checkpoint_paths(path)
+    return sf.stable(file, lambda: _verify_once(file))
+
+
+def _verify_once(file: Path) -> Verified:
     header = sf.read_header(file)
     if header.doc is None:
         raise CheckpointError(file, "has no modelfactory digests to verify (saved by another tool)")
@@ -319,3 +330,32 @@ def verify(path: Pathish) -> Verified:
             file, f"tensor {bad!r} does not match the digest stored at save time: corrupt data"
         )
     return Verified(file, len(header.index), file.stat().st_size)
+
+
+def _with_aliases(
+    stored: dict[str, torch.Tensor], aliases: dict[str, str]
+) -> dict[str, torch.Tensor]:
+    """Every name the file holds: the stored tensors plus their aliases (same objects)."""
+    return {**stored, **{alias: stored[source] for alias, source in aliases.items()}}
+
+
+def _float_dtype(dtype: str | torch.dtype | None, file: Path) -> torch.dtype | None:
+    """``load``'s ``dtype`` argument: ``None`` or a floating dtype (``nn.Module.to`` casts
+    only floating tensors, and refuses other dtypes)."""
+    if dtype is None:
+        return None
+    cast = parse_dtype(dtype, "dtype")
+    if not cast.is_floating_point:
+        raise CheckpointError(
+            file,
+            f"load(dtype={dtype!r}): expected a floating dtype such as 'float32' or "
+            f"'bfloat16', got {str(cast).removeprefix('torch.')}",
+        )
+    return cast
+
+
+def _make_parent(file: Path) -> None:
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a path component is a file, or no permission
+        raise CheckpointError(file, f"cannot create its directory ({e})") from e

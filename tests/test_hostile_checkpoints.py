@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import modelfactory as mf
-from modelfactory import _safefile
+from modelfactory import _safefile, _state
 from modelfactory.errors import CheckpointError, ModelFactoryError, UntrustedTargetError
 
 from .conftest import RELU, lin, seq
@@ -219,6 +219,94 @@ def test_garbage_and_empty_files(tmp_path: Path):
         bad.write_bytes(data)
         with pytest.raises(ModelFactoryError, match=f"{name}.safetensors"):
             mf.load(bad)
+
+
+# --- a well-digested document whose fields have the wrong shape ---------------------------
+
+
+def _set(**fields: Any) -> Callable[[dict], None]:
+    return lambda doc: doc.update(fields)
+
+
+def _drop_digest(doc: dict) -> None:
+    doc["tensors"]["0.bias"] = doc["tensors"]["0.bias"][:2]
+
+
+BAD_FIELDS: dict[str, tuple[Callable[[dict], None], str]] = {
+    "aliases list": (_set(aliases=["x"]), "aliases"),
+    "aliases number": (_set(aliases=5), "aliases"),
+    "alias of nothing": (_set(aliases={"x": "nope"}), "aliases"),
+    "alias to a list": (_set(aliases={"x": ["0.bias"]}), "aliases"),
+    "nonpersistent number": (_set(nonpersistent=5), "nonpersistent"),
+    "eval number": (_set(eval=5), "eval"),
+    "tensors list": (_set(tensors=[]), "tensors"),
+    "tensors entry number": (_set(tensors={"0.bias": 1}), "tensors"),
+    "entry without digest": (_drop_digest, "tensors"),
+    "format_version true": (_set(format_version=True), "format_version"),
+    "format_version negative": (_set(format_version=-5), "format_version"),
+    "format_version text": (_set(format_version="1"), "format_version"),
+    "kind number": (_set(kind=5), "kind"),
+    "config list": (_set(config=[]), "config"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FIELDS))
+def test_malformed_fields_are_checkpoint_errors_naming_the_field(
+    case: str, good: Path, tmp_path: Path
+):
+    mutate, field = BAD_FIELDS[case]
+    bad = rewrite(good, tmp_path / "bad.safetensors", mutate)
+    target = mf.build({"model": seq(lin(4, 8), RELU, lin(8, 2))})
+    readers = {
+        "load": mf.load,
+        "load_tensors": mf.load_tensors,
+        "load_weights": lambda f: mf.load_weights(target, f),
+        "verify": mf.verify,
+    }
+    for name, read in readers.items():
+        with pytest.raises(CheckpointError) as e:
+            read(bad)
+        assert str(bad) in str(e.value), name
+        assert repr(field) in str(e.value), name
+
+
+@pytest.fixture
+def tensors_file(tmp_path: Path) -> Path:
+    return mf.save_tensors([torch.ones(2), torch.zeros(3)], tmp_path / "t.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda doc: doc.pop("keys"), "keys"),
+        (_set(keys=["0", "nope"]), "keys"),
+        (_set(keys="01"), "keys"),
+        (_set(container="tensor"), "container"),  # two keys: which one?
+        (_set(container="set"), "container"),
+    ],
+)
+def test_malformed_tensors_documents(
+    mutate: Callable[[dict], Any], field: str, tensors_file: Path, tmp_path: Path
+):
+    bad = rewrite(tensors_file, tmp_path / "bad.safetensors", mutate)
+    with pytest.raises(CheckpointError, match=rf"(?s)bad\.safetensors.*'{field}'"):
+        mf.load_tensors(bad)
+
+
+def test_nonpersistent_naming_a_parameter_is_refused(good: Path, tmp_path: Path):
+    bad = rewrite(good, tmp_path / "bad.safetensors", _set(nonpersistent=["0.weight"]))
+    with pytest.raises(CheckpointError, match=r"(?s)bad\.safetensors.*not buffers.*'0\.weight'"):
+        mf.load(bad)
+
+
+def test_tensors_left_on_meta_are_refused(
+    good: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The last line of defence, should a document slip past the nonpersistent check."""
+    bad = rewrite(good, tmp_path / "bad.safetensors", _set(nonpersistent=["0.weight"]))
+    monkeypatch.setattr(_state, "check_nonpersistent", lambda *a: None)
+    with pytest.raises(CheckpointError, match=r"(?s)bad\.safetensors.*'0\.weight'.*meta"):
+        mf.load(bad)
 
 
 def _repeat(n: int, block: dict, *, positional: bool = False) -> dict:

@@ -447,6 +447,120 @@ def test_no_warnings_on_a_clean_round_trip(saved: Path) -> None:
         mf.load(saved.parent)
 
 
+# --- reads that race a save, writes that cannot be done ---------------------------------
+
+
+def _two_saves(tmp_path: Path) -> tuple[Path, Path, nn.Module]:
+    """``ckpt.safetensors`` (seed 0) and, beside it, a save of the same architecture with
+    seed 1 ready to be renamed over it: the configs differ only in their seed."""
+    cfg = {"model": seq(lin(4, 8), RELU, lin(8, 2)), "input_shape": [1, 4]}
+    file = mf.save(mf.build(cfg, seed=0), tmp_path / "ckpt.safetensors")
+    new = mf.build(cfg, seed=1)
+    return file, mf.save(new, tmp_path / "new.safetensors"), new
+
+
+# reader -> the function it calls second, after reading the document
+READERS = {
+    "load": "read_tensors",
+    "load_weights": "read_tensors",
+    "load_tensors": "read_tensors",
+    "verify": "first_bad_tensor",
+}
+
+
+def _assert_reads_as(reader: str, file: Path, new: nn.Module) -> None:
+    """``reader`` sees ``new``, document and tensors alike."""
+    if reader == "load":
+        back = mf.load(file)
+        assert back.__dict__[CONFIG_ATTR]["seed"] == 1
+        assert_same(new, back)
+    elif reader == "load_weights":
+        back = mf.load_weights(mf.build(new.__dict__[CONFIG_ATTR], seed=5), file)
+        assert_same(new, back)
+    elif reader == "load_tensors":
+        back = mf.load_tensors(file)
+        assert back.keys() == new.state_dict().keys()
+        assert all(torch.equal(t, new.state_dict()[k]) for k, t in back.items())
+    else:
+        assert mf.verify(file).tensors == 4
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_a_save_landing_between_two_reads_is_never_mixed(
+    reader: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The document is read, then the file is replaced, then the tensors are read: the result
+    must be the new checkpoint entirely (never the old config with the new weights)."""
+    file, new_file, new = _two_saves(tmp_path)
+    second_read = READERS[reader]
+    original = getattr(_safefile, second_read)
+    calls = []
+
+    def replaced_first(*args: Any) -> Any:
+        if not calls:
+            os.replace(new_file, file)
+        calls.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(_safefile, second_read, replaced_first)
+    _assert_reads_as(reader, file, new)
+    assert len(calls) == 2  # the mixed read was noticed and done again
+
+
+def test_a_file_that_keeps_changing_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file, new_file, _ = _two_saves(tmp_path)
+    original = _safefile.read_tensors
+
+    def replaced_every_time(f: Path) -> dict[str, torch.Tensor]:
+        os.link(file, new_file.with_name("spare.safetensors"))  # a new inode each time
+        os.replace(new_file, file)
+        os.replace(new_file.with_name("spare.safetensors"), new_file)
+        return original(f)
+
+    monkeypatch.setattr(_safefile, "read_tensors", replaced_every_time)
+    with pytest.raises(CheckpointError, match="changed while being read"):
+        mf.load(file)
+
+
+@pytest.mark.parametrize(
+    ("obj", "match"),
+    [
+        ({"z": torch.ones(2, dtype=torch.complex128)}, "complex128"),
+        ({"f8": torch.zeros(2).to(torch.float8_e4m3fnuz)}, "float8_e4m3fnuz"),
+        ({"__modelfactory_pad__.1": torch.ones(2)}, "reserved"),
+        ({"a": (x := torch.ones(2)), "__modelfactory_pad__.1": x}, "reserved"),
+    ],
+    ids=["complex128", "float8_e4m3fnuz", "pad name", "pad alias"],
+)
+def test_save_tensors_refuses_what_it_cannot_store(obj: dict, match: str, tmp_path: Path) -> None:
+    file = tmp_path / "x.safetensors"
+    with pytest.raises(CheckpointError, match=rf"(?s)x\.safetensors.*{match}"):
+        mf.save_tensors(obj, file)
+    assert not list(tmp_path.iterdir())
+
+
+def test_save_to_an_existing_file_that_is_not_safetensors(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.bin"
+    path.write_text("keep me")
+    with pytest.raises(CheckpointError, match=r"ckpt\.bin: exists and is not a directory"):
+        mf.save(_build("mlp"), path)
+    assert path.read_text() == "keep me"
+
+
+def test_load_dtype_must_be_floating(saved: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: load\(dtype='long'\)"):
+        mf.load(saved, dtype="long")
+
+
+def test_config_that_is_not_plain_data_is_refused_at_save(tmp_path: Path) -> None:
+    model = mf.build({"model": lin(2, 3, dtype=torch.float64), "input_shape": [1, 2]})
+    with pytest.raises(CheckpointError, match=r"(?s)plain YAML/JSON.*model\.dtype.*torch\.dtype"):
+        mf.save(model, tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+
+
 def test_save_removes_only_old_temporary_files_of_dead_writers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
