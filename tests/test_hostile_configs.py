@@ -112,7 +112,7 @@ def wrong_type(cfg, data):
         st.one_of(
             st.text(min_size=1, max_size=5),
             st.lists(st.integers(), min_size=1, max_size=2),
-            st.integers(-100, 0),
+            st.integers(-100, -1),
             st.none(),
             st.floats(0.1, 0.9),
         )
