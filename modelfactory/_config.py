@@ -49,7 +49,16 @@ def to_plain(cfg: Any) -> Any:
     if type(cfg).__module__.startswith("omegaconf"):
         return _resolve(cfg, "config")
     if isinstance(cfg, dict):
-        return _resolve(cfg, "config") if _has_interpolation(cfg) else cfg
+        # A private copy (the caller may edit their dict after build; the model keeps this
+        # config and save writes it), made through JSON at C speed; the text also tells
+        # whether anything needs OmegaConf's interpolation.
+        try:
+            text = json.dumps(cfg)
+        except RecursionError as e:
+            raise ConfigError([("", f"config nests deeper than {MAX_DEPTH} levels")]) from e
+        except (TypeError, ValueError):  # values JSON cannot hold (a torch.dtype object)
+            return _resolve(cfg, "config") if _has_interpolation(cfg) else copy.deepcopy(cfg)
+        return _resolve(cfg, "config") if "${" in text else json.loads(text)
     raise ConfigError(
         [("", f"expected a DictConfig, a dict or a YAML path, got {type(cfg).__name__}")]
     )
@@ -104,16 +113,6 @@ def _load_yaml(path: str | os.PathLike) -> Any:
     return _resolve(loaded, str(path))
 
 
-def _snapshot(tree: dict[str, Any]) -> dict[str, Any]:
-    """A deep copy of plain config data (through JSON: C speed, and tuples become lists as a
-    YAML config would have them); other objects (a ``torch.dtype`` in a Python dict) are
-    deep-copied as they are."""
-    try:
-        return json.loads(json.dumps(tree))
-    except (TypeError, ValueError):
-        return copy.deepcopy(tree)
-
-
 def normalize(cfg: Any) -> BuildConfig:
     """Check the top level of a full config (or wrap a bare model node) and fill defaults."""
     plain = to_plain(cfg)
@@ -129,11 +128,8 @@ def normalize(cfg: Any) -> BuildConfig:
             problems.append(
                 (str(k), f"unknown top-level key; expected one of {', '.join(BUILD_KEYS)}")
             )
-    # A private snapshot: the caller may edit their dict after build, and the model keeps
-    # this config (save writes it), so it must not share anything with the caller's.
-    full = _snapshot(
-        {**DEFAULTS, **{k: v for k, v in plain.items() if v is not None or k == "input_shape"}}
-    )
+    defaults = json.loads(json.dumps(DEFAULTS))  # fresh: nothing shared between models
+    full = {**defaults, **{k: v for k, v in plain.items() if v is not None or k == "input_shape"}}
     seed = full["seed"]
     if isinstance(seed, bool) or not isinstance(seed, int):
         problems.append(("seed", f"expected an integer, got {seed!r}"))

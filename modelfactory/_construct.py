@@ -91,7 +91,7 @@ def _build_node(node: Node, parent_key: int, ctx: Context, device: torch.device)
         return functools.partial(node.target, *args, **kwargs)
     try:
         if dev is ctx.device:
-            if ctx.default_gen is not None:
+            if ctx.default_gen is not None and node.seeded:
                 ctx.default_gen.manual_seed(key)
             out = node.target(*args, **kwargs)
         else:

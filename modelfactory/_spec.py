@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import nn
+
 from ._targets import TargetNotFound, describe, fits, locate, qualified_name, signature_of
 from .errors import ConfigError, path_join
 
@@ -37,6 +39,7 @@ class Node:
     partial: bool = False
     dynamic: bool = False  # any argument holds a node (needs building)
     mutable: bool = False  # any argument is a list or dict (copied per call)
+    seeded: bool = True  # re-seed the generator before calling (False: draws nothing)
     factories: tuple[str, ...] = ()  # kwargs passed as factories (built once per call)
     prefix: str = ""  # where the node hangs under its parent (kwarg or mapping key)
     ordinal: str = ""  # "#n" for list items: n-th sibling with the same settings
@@ -118,6 +121,7 @@ def parse_node(
         partial = tree.get("_partial_", partial) is True
     parse_value = _parse_value if tree.get("_recursive_", True) is not False else _raw
     node = Node(path=path, target=target, target_name=name, component="", partial=partial)
+    node.seeded = info.draws
     if depth > MAX_DEPTH:
         problems.append((path, f"config nests deeper than {MAX_DEPTH} levels"))
         return node
@@ -188,10 +192,17 @@ def parse_node(
 class _TargetInfo:
     """What parsing needs to know of a target, looked up once per ``_target_`` string."""
 
-    __slots__ = ("factories", "ignore", "known", "qualname", "sig", "target")
+    __slots__ = ("draws", "factories", "ignore", "known", "qualname", "sig", "target")
 
     def __init__(self, target: Any, qualname: str) -> None:
         self.target, self.qualname = target, qualname
+        # Whether constructing it may draw random numbers (else its stream need not be
+        # seeded): only exact classes known to draw nothing, never their subclasses.
+        self.draws = not (
+            target in _DRAW_NOTHING or vars(target).get("_mf_draws_nothing", False)
+            if isinstance(target, type)
+            else False
+        )
         self.sig = signature_of(target) if target is not None else None
         self.known = self.sig.name_set if self.sig is not None else frozenset()
         self.factories: tuple[str, ...] = tuple(getattr(target, "_mf_factories", ()))
@@ -201,6 +212,19 @@ class _TargetInfo:
 
 
 _INFO: dict[str, _TargetInfo] = {}
+_DRAW_NOTHING = frozenset(
+    getattr(nn, name)
+    for name in [
+        *("ReLU", "ReLU6", "LeakyReLU", "GELU", "SiLU", "Mish", "ELU", "SELU", "CELU", "Tanh"),
+        *("Sigmoid", "Softplus", "Softmax", "LogSoftmax", "Hardtanh", "Hardswish"),
+        *("Hardsigmoid", "Identity", "Flatten", "Unflatten", "Upsample", "AlphaDropout"),
+        *("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "Sequential", "ModuleList"),
+        *("ModuleDict", "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d"),
+        *("AvgPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d"),
+        *("AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AdaptiveMaxPool3d"),
+    ]
+    if hasattr(nn, name)
+)
 
 
 def _target_info(name: Any, path: str, problems: list[tuple[str, str]]) -> _TargetInfo:

@@ -45,6 +45,8 @@ class Sequential(nn.Sequential):
         layers: a list of modules (named ``0``, ``1``, ...) or a mapping name -> module.
     """
 
+    _mf_draws_nothing = True  # builds nothing random itself (children are seeded)
+
     def __init__(self, layers: Sequence[nn.Module] | Mapping[str, nn.Module]) -> None:
         super().__init__()
         for name, child in _named(layers, "layers").items():
@@ -62,6 +64,7 @@ class Repeat(nn.Sequential):
         name: the child name of copy ``i``, a format string with ``{i}``.
     """
 
+    _mf_draws_nothing = True  # builds nothing random itself (children are seeded)
     _mf_factories = ("block",)  # modelfactory passes this argument as a per-copy factory
     _mf_stream_ignore = ("n",)  # copy i keeps its values whatever n is
 
@@ -87,6 +90,8 @@ class Repeat(nn.Sequential):
 
 class Parallel(nn.Module):
     """Every branch on the same input; outputs combined by ``cat`` (along ``dim``) or ``sum``."""
+
+    _mf_draws_nothing = True  # builds nothing random itself (children are seeded)
 
     def __init__(
         self,
@@ -115,6 +120,8 @@ class Parallel(nn.Module):
 
 class Residual(nn.Module):
     """``x + body(x)``."""
+
+    _mf_draws_nothing = True  # builds nothing random itself (children are seeded)
 
     def __init__(self, body: nn.Module) -> None:
         super().__init__()
