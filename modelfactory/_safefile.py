@@ -406,9 +406,16 @@ def _safe_yaml(text: str) -> Any:
         loader.dispose()
 
 
-def compare_copy(copy: Path, config: dict[str, Any], file: Path) -> None:
+def compare_copy(copy: Path, config: dict[str, Any], file: Path, sha256: Any = None) -> None:
+    """Warn when ``config.yaml`` says something else than the embedded config.
+
+    A copy whose bytes still have the digest recorded at save time is not parsed.
+    """
     try:
-        other: Any = _safe_yaml(copy.read_text())
+        data = copy.read_bytes()
+        if isinstance(sha256, str) and hashlib.sha256(data).hexdigest() == sha256:
+            return
+        other: Any = _safe_yaml(data.decode())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         other = e
     if other != config:

@@ -158,11 +158,9 @@ def eval_modules(model: nn.Module) -> list[str]:
 
 def restore_modes(model: nn.Module, in_eval: Iterable[str]) -> nn.Module:
     """Put each module back in the train/eval mode it was saved in."""
-    model.train()
-    modules = dict(model.named_modules())
-    for name in in_eval:
-        if name in modules:
-            modules[name].training = False
+    in_eval = set(in_eval)
+    for name, module in model.named_modules():
+        module.training = name not in in_eval
     return model
 
 

@@ -10,6 +10,7 @@ Only tensors and JSON are read back: no Python object is ever deserialized.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -101,6 +102,8 @@ def save(model: nn.Module, path: Pathish, *, cfg: Any = None) -> Path:
     if file.name == MODEL_FILE and file.parent == path:
         text = "# A copy for people: the config embedded in model.safetensors is the authority.\n"
         text += yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
+        # Its digest lets load skip parsing an untouched copy.
+        doc["config_yaml_sha256"] = hashlib.sha256(text.encode()).hexdigest()
         sf.atomic_write(path / CONFIG_FILE, lambda tmp: tmp.write_text(text))
     sf.write(file, stored, doc)
     return file
@@ -145,7 +148,7 @@ def load(
     config = doc["config"]
     check_config(config, file, parse_trusted(trusted, file))
     if copy is not None:
-        sf.compare_copy(copy, config, file)
+        sf.compare_copy(copy, config, file, doc.get("config_yaml_sha256"))
     target = resolve_device(device if device is not None else "cpu", "device")
     nonpersistent, aliases = doc.get("nonpersistent", []), doc.get("aliases", {})
     tensors = _with_aliases(stored, aliases)
