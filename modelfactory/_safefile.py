@@ -27,6 +27,7 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from ._docschema import is_count, schema_problems, short
 from ._stwriter import PAD_PREFIX, dtype_name, unsupported, write_file
 from .errors import CheckpointError
 
@@ -215,11 +216,11 @@ def _parse_doc(file: Path, text: str, index: dict, require: str | None) -> dict[
     except RecursionError as e:
         raise CheckpointError(file, "modelfactory metadata nests too deeply to be a config") from e
     version = doc.get("format_version") if isinstance(doc, dict) else None
-    if not _is_count(version) or version < 1:
+    if not is_count(version) or version < 1:
         raise CheckpointError(
             file,
             f"corrupt modelfactory metadata: 'format_version' must be an integer >= 1, "
-            f"got {_short(version)}",
+            f"got {short(version)}",
         )
     if version > FORMAT_VERSION:
         raise CheckpointError(
@@ -229,7 +230,7 @@ def _parse_doc(file: Path, text: str, index: dict, require: str | None) -> dict[
         )
     if doc.get("digest") != _doc_digest(doc):
         raise CheckpointError(file, "corrupt modelfactory metadata: its digest does not match")
-    problems = _schema_problems(doc)
+    problems = schema_problems(doc)
     if problems:
         raise CheckpointError(file, "corrupt modelfactory metadata:\n  " + "\n  ".join(problems))
     if require is not None and doc["kind"] != require:
@@ -244,74 +245,6 @@ def _parse_doc(file: Path, text: str, index: dict, require: str | None) -> dict[
             file, f"tensor index does not match its metadata: {', '.join(k for k, _ in diff[:5])}"
         )
     return doc
-
-
-def _is_count(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_names(v: Any) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str) for x in v)
-
-
-def _is_entry(v: Any) -> bool:
-    """``[dtype, shape, digest]`` as :func:`write` lists a tensor."""
-    return (
-        isinstance(v, list)
-        and len(v) == 3
-        and isinstance(v[0], str)
-        and isinstance(v[1], list)
-        and all(_is_count(n) and n >= 0 for n in v[1])
-        and isinstance(v[2], str)
-    )
-
-
-def _short(v: Any) -> str:
-    text = json.dumps(v)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _schema_problems(doc: dict[str, Any]) -> list[str]:
-    """One line per field of the document that is missing or not what :func:`write` writes;
-    every field a reader uses is checked here, once, so readers can trust its shape."""
-    out: list[str] = []
-
-    def expect(field: str, ok: bool, what: str) -> None:
-        if not ok:
-            out.append(f"field {field!r}: expected {what}, got {_short(doc.get(field))}")
-
-    tensors = doc.get("tensors")
-    expect(
-        "tensors",
-        isinstance(tensors, dict) and all(_is_entry(v) for v in tensors.values()),
-        "a mapping name -> [dtype, shape, digest]",
-    )
-    stored = tensors if isinstance(tensors, dict) else {}
-    aliases = doc.get("aliases", {})
-    expect(
-        "aliases",
-        isinstance(aliases, dict)
-        and all(isinstance(v, str) and v in stored for v in aliases.values()),
-        "a mapping name -> name of a stored tensor",
-    )
-    for field in ("nonpersistent", "eval"):
-        expect(field, _is_names(doc.get(field, [])), "a list of names")
-    kind = doc.get("kind")
-    expect("kind", kind in ("model", "tensors"), "'model' or 'tensors'")
-    if kind == "model":
-        config = doc.get("config")
-        ok = isinstance(config, dict) and isinstance(config.get("model"), dict)
-        expect("config", ok, "a mapping with a 'model' entry")
-    elif kind == "tensors":
-        keys, container = doc.get("keys"), doc.get("container")
-        names = {*stored, *(aliases if isinstance(aliases, dict) else {})}
-        ok = _is_names(keys) and all(k in names for k in keys)
-        expect("keys", ok, "a list of the names of stored tensors")
-        ok = container in ("list", "tuple", "dict") or (
-            container == "tensor" and isinstance(keys, list) and len(keys) == 1
-        )
-        expect("container", ok, "'tensor' (with one key), 'list', 'tuple' or 'dict'")
-    return out
 
 
 def read_tensors(file: Path) -> dict[str, torch.Tensor]:
