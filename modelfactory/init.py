@@ -118,26 +118,53 @@ def apply_rules(model: nn.Module, rules: list[Rule], records: Iterable[Built], r
     the key its config node was built under or, for a module a constructor made itself,
     derived from its nearest built ancestor and its name.
     """
-    built = {id(r.module): r.key for r in records}
-    names: dict[str, nn.Module] = {}
-    keys: dict[str, int] = {}
+    modules = dict(model.named_modules())
+    chosen = _select(modules, rules)
+    keys = _StreamKeys(modules, records, root)
+    generators: dict[torch.device, torch.Generator] = {}  # one per device, re-seeded per tensor
+    with torch.no_grad():
+        for rule, full, pname, mname, param in chosen:
+            if is_lazy(param):
+                raise ConfigError(
+                    [
+                        (
+                            rule.path,
+                            f"parameter {full!r} is not materialized yet (lazy layer); "
+                            "set input_shape so the model is materialized before init",
+                        )
+                    ]
+                )
+            if param.is_meta:
+                continue
+            kwargs = rule.kwargs
+            key = mix(keys[mname], f"init/{pname}")
+            if accepts(rule.fn, "generator"):
+                gen = generators.get(param.device)
+                if gen is None:
+                    gen = generators[param.device] = torch.Generator(device=param.device)
+                gen.manual_seed(key)
+                kwargs = {**kwargs, "generator": gen}
+            else:  # a function that draws from the default generator: seed that instead
+                _default_generator(param.device).manual_seed(key)
+            try:
+                rule.fn(param, **kwargs)
+            except Exception as e:
+                raise BuildError(
+                    path_join(rule.path, "fn"),
+                    f"failed on parameter {full!r}: {type(e).__name__}: {e}",
+                ) from e
 
-    def key_of(mname: str) -> int:
-        if mname not in keys:
-            module = names[mname]
-            if id(module) in built:
-                keys[mname] = built[id(module)]
-            else:
-                parent, _, leaf = mname.rpartition(".")
-                keys[mname] = mix(key_of(parent) if mname else root, f"sub/{leaf}")
-        return keys[mname]
 
+def _select(
+    modules: dict[str, nn.Module], rules: list[Rule]
+) -> list[tuple[Rule, str, str, str, nn.Parameter]]:
+    """``(winning rule, full name, name, module name, parameter)`` for every selected
+    parameter (the last rule that selects it wins); raises for rules that select nothing."""
     by_type: dict[type, list[tuple[int, Rule]]] = {}
-    chosen: list[tuple[Rule, str, str, str, nn.Parameter]] = []
+    chosen = []
     seen: set[int] = set()
     hits = [0] * len(rules)
-    for mname, module in model.named_modules():
-        names[mname] = module
+    for mname, module in modules.items():
         params = module._parameters
         if not params:
             continue
@@ -158,7 +185,7 @@ def apply_rules(model: nn.Module, rules: list[Rule], records: Iterable[Built], r
             for i, rule in candidates:
                 if not rule.params or any(fnmatchcase(full, p) for p in rule.params):
                     hits[i] += 1
-                    winner = rule  # later rules win
+                    winner = rule
             if winner is not None:
                 chosen.append((winner, full, pname, mname, param))
     unmatched = [
@@ -172,38 +199,27 @@ def apply_rules(model: nn.Module, rules: list[Rule], records: Iterable[Built], r
     ]
     if unmatched:
         raise ConfigError(unmatched)
-    generators: dict[torch.device, torch.Generator] = {}  # one per device, re-seeded per tensor
-    with torch.no_grad():
-        for rule, full, pname, mname, param in chosen:
-            if is_lazy(param):
-                raise ConfigError(
-                    [
-                        (
-                            rule.path,
-                            f"parameter {full!r} is not materialized yet (lazy layer); "
-                            "set input_shape so the model is materialized before init",
-                        )
-                    ]
-                )
-            if param.is_meta:
-                continue
-            kwargs = rule.kwargs
-            key = mix(key_of(mname), f"init/{pname}")
-            if accepts(rule.fn, "generator"):
-                gen = generators.get(param.device)
-                if gen is None:
-                    gen = generators[param.device] = torch.Generator(device=param.device)
-                gen.manual_seed(key)
-                kwargs = {**kwargs, "generator": gen}
-            else:  # a function that draws from the default generator: seed that instead
-                _default_generator(param.device).manual_seed(key)
-            try:
-                rule.fn(param, **kwargs)
-            except Exception as e:
-                raise BuildError(
-                    path_join(rule.path, "fn"),
-                    f"failed on parameter {full!r}: {type(e).__name__}: {e}",
-                ) from e
+    return chosen
+
+
+class _StreamKeys(dict):
+    """Module name -> stream key, computed on demand: the key the module's config node was
+    built under, or for a module a constructor made itself, derived from its parent's."""
+
+    def __init__(self, modules: dict[str, nn.Module], records: Iterable[Built], root: int) -> None:
+        super().__init__()
+        self.modules, self.root = modules, root
+        self.built = {id(r.module): r.key for r in records}
+
+    def __missing__(self, mname: str) -> int:
+        module = self.modules[mname]
+        if id(module) in self.built:
+            key = self.built[id(module)]
+        else:
+            parent, _, leaf = mname.rpartition(".")
+            key = mix(self[parent] if mname else self.root, f"sub/{leaf}")
+        self[mname] = key
+        return key
 
 
 def _default_generator(device: torch.device) -> torch.Generator:
