@@ -122,46 +122,22 @@ def normalize(cfg: Any) -> BuildConfig:
         raise ConfigError(
             [("", "expected a full config with a 'model' key, or a model node with '_target_'")]
         )
-    problems: list[tuple[str, str]] = []
-    for k in plain:
-        if k not in BUILD_KEYS:
-            problems.append(
-                (str(k), f"unknown top-level key; expected one of {', '.join(BUILD_KEYS)}")
-            )
+    expected = ", ".join(BUILD_KEYS)
+    problems = [
+        (str(k), f"unknown top-level key; expected one of {expected}")
+        for k in plain
+        if k not in BUILD_KEYS
+    ]
     defaults = json.loads(json.dumps(DEFAULTS))  # fresh: nothing shared between models
     full = {**defaults, **{k: v for k, v in plain.items() if v is not None or k == "input_shape"}}
-    seed = full["seed"]
+    seed, shape = full["seed"], full["input_shape"]
     if isinstance(seed, bool) or not isinstance(seed, int):
         problems.append(("seed", f"expected an integer, got {seed!r}"))
-    sections = {}
-    for name, allowed in (
-        ("init", ("rules",)),
-        ("tie", ("groups",)),
-        ("device", ("device", "dtype", "map")),
-    ):
-        sec = full[name]
-        if not isinstance(sec, dict):
-            problems.append(
-                (name, f"expected a mapping with keys {', '.join(allowed)}, got {sec!r}")
-            )
-            sec = {}
-        for k in sec:
-            if k not in allowed:
-                problems.append(
-                    (path_join(name, k), f"unknown key; expected one of {', '.join(allowed)}")
-                )
-        sections[name] = sec
-    rules = sections["init"].get("rules") or []
-    groups = sections["tie"].get("groups") or []
-    if not isinstance(rules, list):
-        problems.append(("init.rules", f"expected a list of rules, got {rules!r}"))
-        rules = []
-    if not isinstance(groups, list):
-        problems.append(
-            ("tie.groups", f"expected a list of groups (lists of paths), got {groups!r}")
-        )
-        groups = []
-    shape = full["input_shape"]
+    init = _section(full, "init", ("rules",), problems)
+    tie = _section(full, "tie", ("groups",), problems)
+    dev = _section(full, "device", ("device", "dtype", "map"), problems)
+    rules = _listed(init, "init.rules", "a list of rules", problems)
+    groups = _listed(tie, "tie.groups", "a list of groups (lists of paths)", problems)
     if shape is not None and (
         not isinstance(shape, list)
         or not shape
@@ -170,7 +146,6 @@ def normalize(cfg: Any) -> BuildConfig:
         problems.append(("input_shape", f"expected a list of positive integers, got {shape!r}"))
     if problems:
         raise ConfigError(problems)
-    dev = sections["device"]
     return BuildConfig(
         model=full["model"],
         seed=seed,
@@ -183,3 +158,27 @@ def normalize(cfg: Any) -> BuildConfig:
         input_dtype=str(full["input_dtype"]),
         resolved={k: full[k] for k in BUILD_KEYS if k in full},
     )
+
+
+def _section(
+    full: dict[str, Any], name: str, allowed: tuple[str, ...], problems: list[tuple[str, str]]
+) -> dict[str, Any]:
+    """``full[name]`` if it is a mapping with only ``allowed`` keys (problems noted)."""
+    sec = full[name]
+    if not isinstance(sec, dict):
+        problems.append((name, f"expected a mapping with keys {', '.join(allowed)}, got {sec!r}"))
+        return {}
+    problems += [
+        (path_join(name, k), f"unknown key; expected one of {', '.join(allowed)}")
+        for k in sec
+        if k not in allowed
+    ]
+    return sec
+
+
+def _listed(sec: dict[str, Any], path: str, what: str, problems: list[tuple[str, str]]) -> list:
+    value = sec.get(path.rpartition(".")[2]) or []
+    if not isinstance(value, list):
+        problems.append((path, f"expected {what}, got {value!r}"))
+        return []
+    return value
