@@ -17,6 +17,13 @@ def weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k, v in wb.items():
+        assert torch.equal(wa[k], v), k
+
+
 def test_normal_init_with_zero_bias(composed):
     m = mf.build(composed(["model=mlp", "init=normal"]))
     w = m[0].weight
@@ -144,9 +151,7 @@ def test_repeat_copies_keep_their_values_when_n_grows():
 def test_lazy_and_eager_twins_get_the_same_values(init, composed):
     lazy = mf.build(composed(["model=lazy_mlp", f"init={init}", "seed=5"]))
     eager = mf.build(composed(["model=mlp", f"init={init}", "seed=5"]))
-    assert weights(lazy).keys() == weights(eager).keys()
-    for k, v in weights(eager).items():
-        assert torch.equal(weights(lazy)[k], v), k
+    assert_same_weights(lazy, eager)
 
 
 def test_modules_that_init_outside_reset_parameters_are_initialized_on_every_path():
@@ -205,8 +210,7 @@ def test_a_lazy_layer_and_its_eager_sibling_get_independent_values():
     )
     eager = mf.build({"model": seq(eager_layer, eager_layer), "input_shape": [2, 8]})
     assert not torch.equal(lazy[0].weight, lazy[1].weight)
-    for k, v in weights(eager).items():
-        assert torch.equal(weights(lazy)[k], v), k
+    assert_same_weights(lazy, eager)
 
 
 def test_tuple_and_list_arguments_give_the_same_stream_and_lazy_conv_matches_eager():
