@@ -23,7 +23,9 @@ from .errors import BuildError, ModelFactoryError, path_join
 
 __all__ = ["dry_run", "eager_tree", "has_lazy", "has_uninitialized", "run_sample", "traced"]
 
-PATHS_ATTR = "_modelfactory_paths"  # on a built model: module name -> config path
+# On a built model: id of each module a config node built -> that node's config path (for
+# error messages only: a module replaced later is simply named by its module path).
+PATHS_ATTR = "_modelfactory_paths"
 
 
 def traced(model: nn.Module, x: torch.Tensor, paths: dict[int, str], what: str) -> Any:
@@ -63,9 +65,9 @@ def run_sample(model: nn.Module, x: torch.Tensor, what: str = "the sample forwar
         BuildError: naming the config path of the innermost block that failed (for models
             :func:`modelfactory.build` made), else its module name.
     """
-    by_name = model.__dict__.get(PATHS_ATTR, {})
+    built = model.__dict__.get(PATHS_ATTR, {})
     paths = {
-        id(m): by_name.get(n) or f"module {n or '<root>'!r} ({type(m).__name__})"
+        id(m): built.get(id(m)) or f"module {n or '<root>'!r} ({type(m).__name__})"
         for n, m in model.named_modules()
     }
     was_training = model.training

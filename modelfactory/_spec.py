@@ -154,7 +154,8 @@ def parse_node(
                 digest.append(f"{k}={_digest_value(v)}")
         elif k not in ignore:
             digest.append(f"{k}={_digest_value(v) if type(v) is tuple else repr(v)}")
-        if k in types and not holds_node(v) and not fits(v, types[k]):
+        t = types.get(k)
+        if t is not None and type(v) not in t and not fits(v, t) and not holds_node(v):
             problems.append((f"{path}.{k}", f"expected {describe(types[k])} for {name}, got {v!r}"))
         kwargs[k] = v
     node.kwargs = kwargs

@@ -195,10 +195,7 @@ def _run(bc: BuildConfig, plan: _Plan, *, init: bool) -> nn.Module:
         devices.place_hooks(model, _mapping(model, plan.dmap))
     model.__dict__[CONFIG_ATTR] = bc.resolved
     model.__dict__[TIES_ATTR] = ties
-    built = record_paths(records)
-    model.__dict__[PATHS_ATTR] = {
-        n: built[id(m)] for n, m in model.named_modules() if id(m) in built
-    }
+    model.__dict__[PATHS_ATTR] = record_paths(records)
     return model
 
 

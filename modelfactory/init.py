@@ -41,6 +41,16 @@ class Rule:
     kwargs: dict[str, Any]
     optional: bool
 
+    @property
+    def draws(self) -> bool:
+        """Whether ``fn`` is random (needs a seeded stream); ``zeros_``, ``constant_``... not."""
+        return self.fn not in _DETERMINISTIC
+
+
+_DETERMINISTIC = frozenset(
+    (nn.init.zeros_, nn.init.ones_, nn.init.constant_, nn.init.eye_, nn.init.dirac_)
+)
+
 
 @functools.lru_cache(maxsize=1024)
 def _class_names(cls: type) -> frozenset[str]:
@@ -137,15 +147,16 @@ def apply_rules(model: nn.Module, rules: list[Rule], records: Iterable[Built], r
             if param.is_meta:
                 continue
             kwargs = rule.kwargs
-            key = mix(keys[mname], f"init/{pname}")
-            if accepts(rule.fn, "generator"):
-                gen = generators.get(param.device)
-                if gen is None:
-                    gen = generators[param.device] = torch.Generator(device=param.device)
-                gen.manual_seed(key)
-                kwargs = {**kwargs, "generator": gen}
-            else:  # a function that draws from the default generator: seed that instead
-                _default_generator(param.device).manual_seed(key)
+            if rule.draws:  # seed its stream: from the module's key and the parameter's name
+                key = mix(keys[mname], f"init/{pname}")
+                if accepts(rule.fn, "generator"):
+                    gen = generators.get(param.device)
+                    if gen is None:
+                        gen = generators[param.device] = torch.Generator(device=param.device)
+                    gen.manual_seed(key)
+                    kwargs = {**kwargs, "generator": gen}
+                else:  # a function that draws from the default generator: seed that one
+                    _default_generator(param.device).manual_seed(key)
             try:
                 rule.fn(param, **kwargs)
             except Exception as e:
