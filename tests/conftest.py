@@ -9,9 +9,13 @@ from hypothesis import settings
 from modelfactory.configs import compose
 
 # Property tests: 200 generated cases in the default run; `--hypothesis-profile=slow` for 2,000.
-settings.register_profile("default", max_examples=200)
+settings.register_profile("ci", max_examples=200)
 settings.register_profile("slow", max_examples=2000)
-settings.load_profile("default")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # `pytest --hypothesis-profile=slow` wins; otherwise the suite runs the "ci" profile.
+    settings.load_profile(config.getoption("hypothesis_profile", None) or "ci")
 
 
 def lin(i: int, o: int, **kw: Any) -> dict[str, Any]:

@@ -211,7 +211,7 @@ def shape_that_does_not_fit(cfg, data):
     cfg["model"]["layers"].insert(0, {"_target_": "torch.nn.LazyLinear", "out_features": 6})
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(name=st.sampled_from(sorted(MUTATIONS)), data=st.data())
 def test_wrong_configs_raise_our_error_with_a_path(name, data):
     cfg = base()

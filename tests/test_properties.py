@@ -16,7 +16,6 @@ from modelfactory.factory import CONFIG_ATTR, sample_input
 from .strategies import configs
 
 PROFILE = settings(
-    max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
