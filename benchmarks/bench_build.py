@@ -47,6 +47,18 @@ def deep_config(n: int = 200) -> dict:
     return {"_target_": "torch.nn.Sequential", "_args_": [block] * n}
 
 
+def deep_repeat_config(n: int = 200) -> dict:
+    """The same model written the modelfactory way: one block, repeated."""
+    block = {
+        "_target_": "torch.nn.Sequential",
+        "_args_": [
+            {"_target_": "torch.nn.Linear", "in_features": 64, "out_features": 64},
+            {"_target_": "torch.nn.ReLU"},
+        ],
+    }
+    return {"_target_": "modelfactory.blocks.Repeat", "n": n, "block": block}
+
+
 def deep_by_hand(n: int = 200) -> nn.Module:
     return nn.Sequential(*[nn.Sequential(nn.Linear(64, 64), nn.ReLU()) for _ in range(n)])
 
@@ -109,12 +121,15 @@ def main() -> None:
                     nn.init.zeros_(mod.bias)
 
     dc = OmegaConf.create(deep)
+    rep_mf = {"model": deep_repeat_config()}
     t = best_of(
         {
             "hand": deep_by_hand,
             "mf": lambda: mf.build(deep_mf),
+            "mf_repeat": lambda: mf.build(rep_mf),
             "hand_init": hand_init,
             "mf_init": lambda: mf.build({**deep_mf, "init": init_rules}),
+            "mf_repeat_init": lambda: mf.build({**rep_mf, "init": init_rules}),
             "meta": lambda: mf.build(deep_mf, device="meta"),
         },
         n=15,
@@ -123,9 +138,15 @@ def main() -> None:
     rows = [
         ("deep 200 blocks: by hand", t["hand"], 1.0),
         ("deep 200 blocks: mf.build", t["mf"], t["mf"] / t["hand"]),
+        ("deep 200 blocks: mf.build, Repeat config", t["mf_repeat"], t["mf_repeat"] / t["hand"]),
         ("deep 200 blocks: hydra instantiate", t_hydra, t_hydra / t["hand"]),
         ("deep + normal/zeros init: by hand", t["hand_init"], 1.0),
         ("deep + normal/zeros init: mf.build", t["mf_init"], t["mf_init"] / t["hand_init"]),
+        (
+            "deep + init: mf.build, Repeat config",
+            t["mf_repeat_init"],
+            t["mf_repeat_init"] / t["hand_init"],
+        ),
         ("deep on meta: mf.build", t["meta"], t["meta"] / t["hand"]),
     ]
     g = best_of(
@@ -140,9 +161,9 @@ def main() -> None:
         ("GPT-2 124M: mf.build (tied head)", g["mf"], g["mf"] / g["hand"]),
         ("GPT-2 124M on meta: mf.build", g["meta"], g["meta"] / g["hand"]),
     ]
-    print(f"{'case':40s} {'best':>12s} {'ratio':>8s}")
+    print(f"{'case':42s} {'best':>12s} {'ratio':>8s}")
     for name, t, r in rows:
-        print(f"{name:40s} {t * 1e3:10.2f}ms {r:7.2f}x")
+        print(f"{name:42s} {t * 1e3:10.2f}ms {r:7.2f}x")
 
 
 if __name__ == "__main__":
