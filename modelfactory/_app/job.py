@@ -32,6 +32,7 @@ __all__ = [
     "APP_KEYS",
     "ERROR_FILE",
     "METRICS_FILE",
+    "SUMMARY_FILE",
     "build_job",
     "checksum",
     "format_checksum",
@@ -43,6 +44,7 @@ __all__ = [
 log = logging.getLogger("modelfactory")
 
 METRICS_FILE = "metrics.json"
+SUMMARY_FILE = "summary.txt"
 ERROR_FILE = "error.json"
 
 
@@ -119,13 +121,29 @@ def sample_output(model: nn.Module, cfg: dict[str, Any]) -> tuple[torch.Tensor, 
     return x, run_sample(model, x)
 
 
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def _on_meta(model: nn.Module) -> bool:
     return any(t.is_meta for t in (*model.parameters(), *model.buffers()))
 
 
-def _describe(model: nn.Module, cfg: dict[str, Any]) -> tuple[dict[str, Any] | None, Any]:
-    """Log the summary and checksum; return the checksum and the sample input."""
-    log.info("%s", mf.summary(model))
+def _describe(
+    model: nn.Module, cfg: dict[str, Any], out_dir: Path | None = None
+) -> tuple[dict[str, Any] | None, Any]:
+    """Log the summary and checksum; return the checksum and the sample input.
+
+    The summary also goes to ``summary.txt`` in ``out_dir``; in a sweep it is logged at
+    debug level only, so the console shows each job's checksum, not every table.
+    """
+    text = mf.summary(model)
+    if out_dir is not None:
+        (out_dir / SUMMARY_FILE).write_text(text + "\n")
+    log.log(logging.DEBUG if _in_sweep() else logging.INFO, "%s", text)
     sample = sample_output(model, cfg)
     c = checksum(sample[1]) if sample is not None else None
     log.info("%s", format_checksum(c))
@@ -144,7 +162,7 @@ def build_job(cfg: Any, out_dir: Path) -> dict[str, Any]:
     """
     plain = build_config(cfg)
     model = mf.build(plain)
-    c, x = _describe(model, plain)
+    c, x = _describe(model, plain, out_dir)
     if _on_meta(model):
         log.info("device meta: a skeleton without values, so no checksum and no checkpoint")
         (out_dir / METRICS_FILE).write_text(json.dumps({"checksum": None}, indent=1))
