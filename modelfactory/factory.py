@@ -7,7 +7,7 @@ config --normalize--> BuildConfig --parse--> spec --construct--> modules
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -152,7 +152,7 @@ def _default_dtype(dtype: torch.dtype):
 def _construct(plan: _Plan, bc: BuildConfig, ctx: Context) -> tuple[nn.Module, list[Built]]:
     with (
         _default_dtype(plan.dtype),
-        torch.device(ctx.device) if ctx.device.type != "cpu" else _null(),
+        torch.device(ctx.device) if ctx.device.type != "cpu" else nullcontext(),
     ):
         model = construct(plan.spec, root_key(bc.seed), ctx)
     if not isinstance(model, nn.Module):
@@ -160,11 +160,6 @@ def _construct(plan: _Plan, bc: BuildConfig, ctx: Context) -> tuple[nn.Module, l
             ROOT, f"{plan.spec.target_name} returned a {type(model).__name__}, not an nn.Module"
         )
     return model, ctx.records
-
-
-@contextmanager
-def _null():
-    yield
 
 
 def _run(bc: BuildConfig, plan: _Plan, *, init: bool) -> nn.Module:
@@ -183,9 +178,7 @@ def _run(bc: BuildConfig, plan: _Plan, *, init: bool) -> nn.Module:
             # Lazy layers with no eager twin (user-defined, or Repeat copies that saw
             # different sizes): one real, seeded run in eval mode.
             torch.default_generator.manual_seed(mix(root_key(bc.seed), "lazy"))
-            model.eval()
-            traced(model, sample_input(bc, target), record_paths(records), "materializing")
-            model.train()
+            _materializing_run(model, sample_input(bc, target), records)
         if init and plan.rules:
             apply_rules(model, plan.rules, records, root_key(bc.seed))
     ties = resolve_groups(model, bc.tie_groups) if bc.tie_groups else []
@@ -197,6 +190,15 @@ def _run(bc: BuildConfig, plan: _Plan, *, init: bool) -> nn.Module:
     model.__dict__[TIES_ATTR] = ties
     model.__dict__[PATHS_ATTR] = record_paths(records)
     return model
+
+
+def _materializing_run(model: nn.Module, x: torch.Tensor, records: list[Built]) -> None:
+    was_training = model.training
+    model.eval()  # must not move BatchNorm's running statistics
+    try:
+        traced(model, x, record_paths(records), "materializing lazy layers")
+    finally:
+        model.train(was_training)
 
 
 def _devices_used(plan: _Plan) -> list[torch.device]:
