@@ -19,6 +19,7 @@ from torch.nn.parameter import is_lazy
 from ._config import normalize
 from .errors import CheckpointError, ModelFactoryError, path_join
 from .factory import CONFIG_ATTR, build, build_skeleton
+from .tie import owner
 
 __all__ = [
     "assign",
@@ -110,13 +111,13 @@ def assign(
     )
     for key in extra:
         if key in tensors:
-            owner, leaf = _owner(model, key)
-            owner._buffers[leaf] = tensors[key]
+            module, leaf = owner(model, key)
+            module._buffers[leaf] = tensors[key]
     params = dict(model.named_parameters(remove_duplicate=False))
     for alias, source in aliases.items():
         if alias in params and source in params and params[alias] is not params[source]:
-            owner, leaf = _owner(model, alias)
-            setattr(owner, leaf, params[source])
+            module, leaf = owner(model, alias)
+            setattr(module, leaf, params[source])
     return model
 
 
@@ -144,11 +145,6 @@ def check_filled(model: nn.Module, file: Path) -> None:
         raise CheckpointError(
             file, f"holds no values for {', '.join(map(repr, empty[:5]))} (left on meta)"
         )
-
-
-def _owner(model: nn.Module, key: str) -> tuple[nn.Module, str]:
-    parent, _, leaf = key.rpartition(".")
-    return (model.get_submodule(parent) if parent else model), leaf
 
 
 def eval_modules(model: nn.Module) -> list[str]:

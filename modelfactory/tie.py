@@ -123,9 +123,14 @@ def _show(sig: Any, kind: str) -> str:
     return f"({sig[0]}: " + ", ".join(f"{k} {list(s)}" for k, s, _ in sig[1]) + ")"
 
 
-def _set(model: nn.Module, name: str, value: Any) -> None:
+def owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module that holds dotted ``name`` directly, and the last part of the name."""
     parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, value)
+    return (model.get_submodule(parent) if parent else model), leaf
+
+
+def _set(model: nn.Module, name: str, value: Any) -> None:
+    setattr(*owner(model, name), value)
 
 
 def _get(model: nn.Module, name: str, kind: str) -> Any:
