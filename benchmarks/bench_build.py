@@ -36,27 +36,25 @@ def best_of(fns: dict[str, Callable[[], object]], n: int = 7) -> dict[str, float
     return best
 
 
-def deep_config(n: int = 200) -> dict:
-    block = {
+def deep_block() -> dict:
+    """Linear 64->64, ReLU: one block of the deep MLP."""
+    return {
         "_target_": "torch.nn.Sequential",
         "_args_": [
             {"_target_": "torch.nn.Linear", "in_features": 64, "out_features": 64},
             {"_target_": "torch.nn.ReLU"},
         ],
     }
-    return {"_target_": "torch.nn.Sequential", "_args_": [block] * n}
+
+
+def deep_config(n: int = 200) -> dict:
+    """The deep MLP written out: n blocks (the same tree Hydra's instantiate gets)."""
+    return {"_target_": "torch.nn.Sequential", "_args_": [deep_block() for _ in range(n)]}
 
 
 def deep_repeat_config(n: int = 200) -> dict:
     """The same model written the modelfactory way: one block, repeated."""
-    block = {
-        "_target_": "torch.nn.Sequential",
-        "_args_": [
-            {"_target_": "torch.nn.Linear", "in_features": 64, "out_features": 64},
-            {"_target_": "torch.nn.ReLU"},
-        ],
-    }
-    return {"_target_": "modelfactory.blocks.Repeat", "n": n, "block": block}
+    return {"_target_": "modelfactory.blocks.Repeat", "n": n, "block": deep_block()}
 
 
 def deep_by_hand(n: int = 200) -> nn.Module:
