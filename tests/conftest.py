@@ -32,6 +32,17 @@ def seq(*layers: Any, **named: Any) -> dict[str, Any]:
     }
 
 
+def lazy_then_fixed_hidden() -> dict[str, Any]:
+    """A lazy layer before D2L's fixed-hidden MLP, whose forward cannot run on meta."""
+    return {
+        "model": seq(
+            {"_target_": "torch.nn.LazyLinear", "out_features": 20},
+            {"_target_": "modelfactory.layers.FixedHiddenMLP"},
+        ),
+        "input_shape": [2, 20],
+    }
+
+
 @pytest.fixture
 def mlp_cfg() -> dict[str, Any]:
     return {"model": seq(lin(20, 256), RELU, lin(256, 10)), "input_shape": [2, 20]}

@@ -15,7 +15,7 @@ import modelfactory as mf
 from modelfactory.blocks import Parallel, Repeat, Residual, Sequential
 from modelfactory.errors import BuildError, ConfigError
 
-from .conftest import RELU, lin, seq
+from .conftest import RELU, lazy_then_fixed_hidden, lin, seq
 
 
 def test_list_children_are_numbered_and_mapping_children_named():
@@ -107,13 +107,7 @@ def test_lazy_without_input_shape_stays_lazy_until_first_forward():
 
 
 def test_lazy_model_whose_forward_reads_values_materializes_on_cpu():
-    cfg = {
-        "model": seq(
-            {"_target_": "torch.nn.LazyLinear", "out_features": 20},
-            {"_target_": "modelfactory.layers.FixedHiddenMLP"},
-        ),
-        "input_shape": [2, 20],
-    }
+    cfg = lazy_then_fixed_hidden()
     m = mf.build(cfg)
     assert m[0].weight.shape == (20, 20) and m[0].weight.device.type == "cpu"
     assert m(torch.rand(2, 20)).dim() == 0

@@ -10,7 +10,7 @@ import modelfactory as mf
 from modelfactory.errors import ConfigError
 from modelfactory.init import d2l_mixture_, init_report
 
-from .conftest import RELU, lin, seq
+from .conftest import RELU, lazy_then_fixed_hidden, lin, seq
 
 
 def weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -257,13 +257,7 @@ def test_init_functions_without_a_generator_are_seeded_too():
 
 def test_materializing_runs_leave_rng_and_batchnorm_statistics_alone():
     # the fixed-hidden MLP cannot run on meta: the dry run falls back to the CPU
-    fallback = {
-        "model": seq(
-            {"_target_": "torch.nn.LazyLinear", "out_features": 20},
-            {"_target_": "modelfactory.layers.FixedHiddenMLP"},
-        ),
-        "input_shape": [2, 20],
-    }
+    fallback = lazy_then_fixed_hidden()
     # a lazy layer hidden inside a user block has no eager twin: one real run
     hidden = {
         "model": seq(
