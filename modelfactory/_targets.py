@@ -112,6 +112,7 @@ class Signature:
             tuple(required),
             tuple(positional),
         )
+        self.name_set, self.required_set = frozenset(names), frozenset(required)
         self.max_positional = float("inf") if var_pos else len(positional)
 
     def problems(
@@ -154,27 +155,23 @@ class Signature:
         return out
 
 
-_SIMPLE = {"int": int, "float": float, "bool": bool, "str": str, "None": type(None)}
+_SIMPLE_TYPES = frozenset((int, float, bool, str, type(None)))
 
 
 def _simple_types(annotation: Any) -> tuple[type, ...]:
-    """``int`` -> ``(int,)``; ``int | None`` / ``Optional[int]`` / ``"int"`` likewise.
+    """``int`` -> ``(int,)``; ``int | None`` / ``Optional[int]`` likewise.
 
     Anything richer (tuples, unions with other types, classes) gives ``()``: no check.
+    String annotations are evaluated by ``inspect.signature(eval_str=True)``; one that does
+    not evaluate stays a string and is not checked.
     """
-    if annotation is inspect.Parameter.empty:
+    if annotation is inspect.Parameter.empty or isinstance(annotation, str):
         return ()
-    if isinstance(annotation, str):
-        parts = [a.strip() for a in annotation.removeprefix("Optional[").rstrip("]").split("|")]
-        if annotation.startswith("Optional["):
-            parts.append("None")
-        types = [_SIMPLE.get(a) for a in parts]
-        return tuple(types) if all(types) else ()  # type: ignore[arg-type]
     args = typing.get_args(annotation)
     if args and typing.get_origin(annotation) in (typing.Union, types_mod.UnionType):
-        found = [a if a in _SIMPLE.values() else None for a in args]
+        found = [a if a in _SIMPLE_TYPES else None for a in args]
         return tuple(found) if all(found) else ()  # type: ignore[arg-type]
-    return (annotation,) if annotation in _SIMPLE.values() else ()
+    return (annotation,) if annotation in _SIMPLE_TYPES else ()
 
 
 def fits(value: Any, types: tuple[type, ...]) -> bool:
@@ -194,8 +191,14 @@ def describe(types: tuple[type, ...]) -> str:
 @lru_cache(maxsize=4096)
 def signature_of(fn: Callable[..., Any]) -> Signature:
     try:
-        return Signature(inspect.signature(fn))
+        return Signature(inspect.signature(fn, eval_str=True))
+    except (NameError, SyntaxError, AttributeError):  # an annotation that does not evaluate
+        pass
     except (TypeError, ValueError):  # builtins without a signature: accept anything
+        return Signature(None)
+    try:
+        return Signature(inspect.signature(fn))
+    except (TypeError, ValueError):
         return Signature(None)
 
 
