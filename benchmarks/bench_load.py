@@ -43,9 +43,10 @@ def child(method: str, workdir: Path, model: str) -> dict[str, float]:
     from safetensors.torch import load_file
 
     import modelfactory as mf
-    import modelfactory.io  # mf.load's import, outside the timer
+    import modelfactory.checkpoint  # mf.load's import, outside the timer
+    from modelfactory._record import record_of
     from modelfactory.configs import compose
-    from modelfactory.factory import TIES_ATTR, build_skeleton
+    from modelfactory.factory import build_skeleton
     from modelfactory.tie import apply_ties, check_ties
 
     if method == "hf":
@@ -64,8 +65,8 @@ def child(method: str, workdir: Path, model: str) -> dict[str, float]:
         tensors = load_file(workdir / "mf" / "model.safetensors")
         net = build_skeleton(plain)
         net.load_state_dict(tensors, strict=False, assign=True)
-        apply_ties(net, net.__dict__[TIES_ATTR])
-        check_ties(net, net.__dict__[TIES_ATTR])
+        apply_ties(net, record_of(net).ties)
+        check_ties(net, record_of(net).ties)
     elif method == "torch.load":
         net = mf.build(plain)
         net.load_state_dict(torch.load(workdir / "state.pt", weights_only=True))

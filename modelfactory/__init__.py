@@ -1,8 +1,8 @@
 """modelfactory: declarative, config-driven PyTorch models.
 
-Public API: :func:`build`, :func:`save`, :func:`load`, :func:`load_weights`,
-:func:`save_tensors`, :func:`load_tensors`, :func:`verify`, :func:`summary`,
-:func:`init_report`, and the errors in :mod:`modelfactory.errors`.
+Public API: :func:`build`, :func:`config_of`, :func:`save`, :func:`load`,
+:func:`load_weights`, :func:`save_tensors`, :func:`load_tensors`, :func:`verify`,
+:func:`summary`, :func:`init_report`, and the errors in :mod:`modelfactory.errors`.
 
 Names are imported on first use so that ``import modelfactory`` stays cheap.
 """
@@ -19,14 +19,16 @@ _EXPORTS = {
     "build_skeleton": "factory",
     "summary": "summary",
     "init_report": "init",
-    "save": "io",
-    "load": "io",
-    "load_weights": "io",
-    "save_tensors": "io",
-    "load_tensors": "io",
-    "verify": "io",
+    "config_of": "_record",
+    "save": "checkpoint",
+    "load": "checkpoint",
+    "load_weights": "checkpoint",
+    "save_tensors": "checkpoint",
+    "load_tensors": "checkpoint",
+    "verify": "checkpoint",
     "ModelFactoryError": "errors",
     "ConfigError": "errors",
+    "ArgumentError": "errors",
     "BuildError": "errors",
     "TieError": "errors",
     "DeviceError": "errors",

@@ -9,28 +9,20 @@ same values whatever else the config contains.
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
+from ._seeding import default_generator, mix
 from ._spec import Node, Raw
-from .errors import BuildError, ModelFactoryError
+from .errors import ArgumentError, BuildError, ModelFactoryError
 
 ROOT = "model"
-
-
-def mix(key: int, text: str) -> int:
-    """Derive a child stream key (64 bits) from a parent key and a component."""
-    data = key.to_bytes(8, "little") + text.encode()
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
-
-
-def root_key(seed: int) -> int:
-    return mix(0, f"seed={int(seed)}")
+_NOT_ARGUMENT_ERRORS = (MemoryError, torch.OutOfMemoryError, OSError)
 
 
 @dataclass(eq=False, slots=True)
@@ -56,14 +48,12 @@ class Context:
         self.default_gen = self.generator(self.device)
 
     def generator(self, device: torch.device) -> torch.Generator | None:
-        if not self.seed_streams or device.type == "meta":
-            return None
-        if device.type == "cpu":
-            return torch.default_generator
-        if device.type == "cuda":
-            index = device.index if device.index is not None else torch.cuda.current_device()
-            return torch.cuda.default_generators[index]
-        return None
+        return default_generator(device) if self.seed_streams else None
+
+
+def record_paths(records: list[Built]) -> dict[int, str]:
+    """``id(module) -> config path`` of every module a config node built."""
+    return {id(r.module): r.node.path for r in records}
 
 
 def construct(node: Node, key: int, ctx: Context) -> Any:
@@ -103,9 +93,10 @@ def _build_node(node: Node, parent_key: int, ctx: Context, device: torch.device)
     except ModelFactoryError:
         raise
     except Exception as e:
-        raise BuildError(
-            node.path, f"{node.target_name}(...) failed: {type(e).__name__}: {e}"
-        ) from e
+        # The constructor refused the config's values (a negative size, a bad choice):
+        # a config mistake. Running out of memory or an OS error is not.
+        error = BuildError if isinstance(e, _NOT_ARGUMENT_ERRORS) else ArgumentError
+        raise error(node.path, f"{node.target_name}(...) failed: {type(e).__name__}: {e}") from e
     if isinstance(out, nn.Module):
         ctx.records.append(Built(out, node, key))
     return out
@@ -141,20 +132,28 @@ def _fresh(v: Any) -> Any:
     return v
 
 
-class preserved_rng:
-    """Restore the global RNG states a build re-seeds, so building has no side effect."""
+_FILLS = frozenset(
+    getattr(torch.Tensor, name)
+    for name in (
+        *("normal_", "uniform_", "bernoulli_", "exponential_", "geometric_", "log_normal_"),
+        *("cauchy_", "random_", "fill_", "zero_", "erfinv_", "clamp_"),
+    )
+)
 
-    def __init__(self, devices: list[torch.device]) -> None:
-        self.cuda = sorted(
-            {d.index or 0 for d in devices if d.type == "cuda"} if torch.cuda.is_available() else ()
-        )
 
-    def __enter__(self) -> preserved_rng:
-        self.cpu_state = torch.get_rng_state()
-        self.cuda_states = [torch.cuda.get_rng_state(i) for i in self.cuda]
-        return self
+class SkipInit(TorchFunctionMode):
+    """Construct without initializing: ``torch.nn.init`` functions and in-place value fills
+    of ``meta`` tensors do nothing.
 
-    def __exit__(self, *exc: object) -> None:
-        torch.set_rng_state(self.cpu_state)
-        for i, s in zip(self.cuda, self.cuda_states, strict=True):
-            torch.cuda.set_rng_state(s, i)
+    A skeleton on ``meta`` holds no values, so its init is pure cost: the first random fill
+    on ``meta`` alone imports ``torch._dynamo`` (about 1.5 s). Modes are per thread, so this
+    affects nothing outside the build that enters it.
+    """
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        first = args[0] if args else kwargs.get("tensor")
+        skip = func in _FILLS or getattr(func, "__module__", None) == "torch.nn.init"
+        if skip and isinstance(first, torch.Tensor) and first.is_meta:
+            return first
+        return func(*args, **kwargs)

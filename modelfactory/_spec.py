@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from ._targets import TargetNotFound, describe, fits, locate, qualified_name, signature_of
-from .errors import ConfigError, path_join
+from .errors import path_join
 
 _HYDRA_KEYS = frozenset({"_target_", "_args_", "_partial_", "_recursive_", "_convert_"})
 MAX_DEPTH = 200
@@ -52,33 +52,12 @@ class Raw:
     value: Any
 
 
-def parse(tree: Any, path: str, *, partial: bool = False) -> Node:
-    """Validate ``tree`` (a plain dict with ``_target_``) and return its spec, or raise."""
-    problems: list[tuple[str, str]] = []
-    if not isinstance(tree, dict) or "_target_" not in tree:
-        raise ConfigError([(path, f"expected a mapping with a '_target_' key, got {_kind(tree)}")])
-    node = parse_node(tree, path, "", problems, 0, partial)
-    if problems:
-        raise ConfigError(problems)
-    return node
-
-
 def _kind(v: Any) -> str:
     return "null" if v is None else type(v).__name__ + (f" {v!r}" if _is_scalar(v) else "")
 
 
 def _is_scalar(v: Any) -> bool:
     return v is None or isinstance(v, (str, int, float, bool))
-
-
-def own_digest(target_name: str, args: list[Any], kwargs: dict[str, Any]) -> str:
-    """A node's own settings: its target and every argument that is not a block.
-
-    Must agree with the digest :func:`parse_node` computes while parsing.
-    """
-    parts = [_digest_value(a) for a in args if not holds_node(a)]
-    parts += [f"{k}={_digest_value(v)}" for k, v in kwargs.items() if not holds_node(v)]
-    return f"({','.join(sorted(parts))};{target_name})"
 
 
 def _digest_value(v: Any) -> str:
@@ -107,48 +86,63 @@ def parse_node(
     depth: int,
     partial: bool = False,
 ) -> Node:
+    """Validate one ``_target_`` node and its subtree; problems are appended, not raised."""
     name = tree["_target_"]
     info = _INFO.get(name) if type(name) is str else None
     if info is None:
         info = _target_info(name, path, problems)
-    target = info.target
     if "_partial_" in tree or "_recursive_" in tree:
-        for k in ("_partial_", "_recursive_"):
-            if k in tree and not isinstance(tree[k], bool):
-                problems.append(
-                    (path_join(path, k), f"expected true or false, got {_kind(tree[k])}")
-                )
-        partial = tree.get("_partial_", partial) is True
-    parse_value = _parse_value if tree.get("_recursive_", True) is not False else _raw
-    node = Node(path=path, target=target, target_name=name, component="", partial=partial)
+        partial = _special_flags(tree, path, problems, partial)
+    node = Node(path=path, target=info.target, target_name=name, component="", partial=partial)
     node.seeded = info.draws
     if depth > MAX_DEPTH:
         problems.append((path, f"config nests deeper than {MAX_DEPTH} levels"))
         return node
-    digest = []
+    parse_value = _parse_value if tree.get("_recursive_", True) is not False else _raw
+    digest: list[str] = []
+    _parse_kwargs(tree, node, info, parse_value, digest, problems, depth)
+    raw_args = tree.get("_args_", ())
+    if raw_args:
+        raw_args = _parse_args(raw_args, node, parse_value, digest, problems, depth)
+    if info.target is not None:
+        _check_call(node, info, len(raw_args), problems)
+    node.prefix = component
+    digest.sort()
+    node.component = f"{component}|({','.join(digest)};{info.qualname})"
+    return node
+
+
+def _special_flags(
+    tree: dict[str, Any], path: str, problems: list[tuple[str, str]], partial: bool
+) -> bool:
+    """Check ``_partial_`` / ``_recursive_``; returns whether the node is partial."""
+    for k in ("_partial_", "_recursive_"):
+        if k in tree and not isinstance(tree[k], bool):
+            problems.append((path_join(path, k), f"expected true or false, got {_kind(tree[k])}"))
+    return tree.get("_partial_", partial) is True
+
+
+def _parse_kwargs(
+    tree: dict[str, Any],
+    node: Node,
+    info: _TargetInfo,
+    parse_value: Callable[..., tuple[Any, bool]],
+    digest: list[str],
+    problems: list[tuple[str, str]],
+    depth: int,
+) -> None:
+    """Fill ``node.kwargs`` from the tree's keyword arguments (the hot loop of parsing)."""
+    path, name = node.path, node.target_name
     known = info.known  # argument names of the target: certainly identifiers, not special
     ignore = info.ignore
     types = info.sig.types if info.sig is not None else {}
-    dynamic = False
     kwargs: dict[str, Any] = {}
     for k, v in tree.items():
-        if k not in known:
-            if k in _HYDRA_KEYS:
-                continue
-            if not isinstance(k, str) or not k.isidentifier():
-                problems.append((path_join(path, k), "argument names must be Python identifiers"))
-                continue
-            if k[0] == "_" and k[-1] == "_":
-                problems.append(
-                    (
-                        path_join(path, k),
-                        f"unknown special key; expected one of {sorted(_HYDRA_KEYS)}",
-                    )
-                )
-                continue
+        if k not in known and not _plain_key(k, path, problems):
+            continue
         if type(v) is dict or type(v) is list:
             v, holds = parse_value(v, f"{path}.{k}", k, problems, depth, None)
-            dynamic = dynamic or holds
+            node.dynamic = node.dynamic or holds
             if not holds:
                 node.mutable = True
                 digest.append(f"{k}={_digest_value(v)}")
@@ -156,38 +150,59 @@ def parse_node(
             digest.append(f"{k}={_digest_value(v) if type(v) is tuple else repr(v)}")
         t = types.get(k)
         if t is not None and type(v) not in t and not fits(v, t) and not holds_node(v):
-            problems.append((f"{path}.{k}", f"expected {describe(types[k])} for {name}, got {v!r}"))
+            problems.append((f"{path}.{k}", f"expected {describe(t)} for {name}, got {v!r}"))
         kwargs[k] = v
     node.kwargs = kwargs
-    raw_args = tree.get("_args_", ())
-    if raw_args:
-        if not isinstance(raw_args, list):
-            problems.append((path_join(path, "_args_"), f"expected a list, got {_kind(raw_args)}"))
-            raw_args = ()
-        siblings: dict[str, int] = {}
-        for i, v in enumerate(raw_args):
-            v, holds = parse_value(v, f"{path}._args_.{i}", "_args_", problems, depth, siblings)
-            dynamic = dynamic or holds
-            if not holds:
-                node.mutable = node.mutable or isinstance(v, (list, dict))
-                digest.append(_digest_value(v))
-            node.args.append(v)
-    if target is not None:
-        for key, msg in info.sig.problems(name, len(raw_args), kwargs, partial):
-            problems.append((path_join(path, key), msg))
-        if info.factories:
-            for f in info.factories:
-                if f in kwargs and not isinstance(kwargs[f], Node):
-                    got = _kind(kwargs[f])
-                    problems.append(
-                        (path_join(path, f), f"expected a block with '_target_', got {got}")
-                    )
-            node.factories = tuple(f for f in info.factories if f in kwargs)
-    node.dynamic = dynamic
-    node.prefix = component
-    digest.sort()
-    node.component = f"{component}|({','.join(digest)};{info.qualname})"
-    return node
+
+
+def _plain_key(k: Any, path: str, problems: list[tuple[str, str]]) -> bool:
+    """Whether ``k`` is a keyword argument (``False`` for Hydra's keys and bad names)."""
+    if k in _HYDRA_KEYS:
+        return False
+    if not isinstance(k, str) or not k.isidentifier():
+        problems.append((path_join(path, k), "argument names must be Python identifiers"))
+        return False
+    if k[0] == "_" and k[-1] == "_":
+        expected = f"unknown special key; expected one of {sorted(_HYDRA_KEYS)}"
+        problems.append((path_join(path, k), expected))
+        return False
+    return True
+
+
+def _parse_args(
+    raw_args: Any,
+    node: Node,
+    parse_value: Callable[..., tuple[Any, bool]],
+    digest: list[str],
+    problems: list[tuple[str, str]],
+    depth: int,
+) -> Any:
+    """Fill ``node.args`` from ``_args_``; returns the list parsed (``()`` if not a list)."""
+    path = node.path
+    if not isinstance(raw_args, list):
+        problems.append((path_join(path, "_args_"), f"expected a list, got {_kind(raw_args)}"))
+        return ()
+    siblings: dict[str, int] = {}
+    for i, v in enumerate(raw_args):
+        v, holds = parse_value(v, f"{path}._args_.{i}", "_args_", problems, depth, siblings)
+        node.dynamic = node.dynamic or holds
+        if not holds:
+            node.mutable = node.mutable or isinstance(v, (list, dict))
+            digest.append(_digest_value(v))
+        node.args.append(v)
+    return raw_args
+
+
+def _check_call(node: Node, info: _TargetInfo, n_args: int, problems: list) -> None:
+    """The arguments fit the target's signature; factory arguments are blocks."""
+    path, kwargs = node.path, node.kwargs
+    for key, msg in info.sig.problems(node.target_name, n_args, kwargs, node.partial):
+        problems.append((path_join(path, key), msg))
+    for f in info.factories:
+        if f in kwargs and not isinstance(kwargs[f], Node):
+            got = _kind(kwargs[f])
+            problems.append((path_join(path, f), f"expected a block with '_target_', got {got}"))
+    node.factories = tuple(f for f in info.factories if f in kwargs)
 
 
 class _TargetInfo:

@@ -10,11 +10,46 @@ children and passes them in, exactly as you would in Python::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import torch
 from torch import nn
 
-__all__ = ["Parallel", "Repeat", "Residual", "Sequential"]
+__all__ = ["Parallel", "Repeat", "Residual", "Sequential", "build_options"]
+
+M = TypeVar("M", bound=type)
+
+
+def build_options(
+    *, factories: Sequence[str] = (), stream_ignore: Sequence[str] = (), draws: bool = True
+) -> Callable[[M], M]:
+    """Class decorator: how modelfactory builds a block of this class from config.
+
+    Args:
+        factories: arguments passed as factories instead of built modules: the config
+            gives a block node, the class receives ``make(i) -> nn.Module`` that builds a
+            fresh, independently seeded copy per call (``Repeat``'s ``block``).
+        stream_ignore: arguments that are not part of the block's identity, so changing
+            them keeps every child's random stream (``Repeat``'s ``n``: growing a stack
+            keeps the values of the copies it had). Inherited by subclasses.
+        draws: ``False`` when the constructor itself draws no random numbers (its children
+            are seeded on their own), so the build skips reseeding for it. Applies to this
+            exact class only, never to subclasses, which may draw.
+
+    Example::
+
+        @build_options(factories=("layer",), stream_ignore=("depth",), draws=False)
+        class Tower(nn.Sequential):
+            def __init__(self, depth: int, layer: Callable[[int], nn.Module]) -> None: ...
+    """
+
+    def mark(cls: M) -> M:
+        cls._mf_factories = tuple(factories)
+        cls._mf_stream_ignore = tuple(stream_ignore)
+        cls._mf_draws_nothing = not draws
+        return cls
+
+    return mark
 
 
 def _named(
@@ -38,6 +73,7 @@ def _named(
     return named
 
 
+@build_options(draws=False)  # builds nothing random itself (children are seeded)
 class Sequential(nn.Sequential):
     """Children in order; a mapping's keys become the children's names.
 
@@ -45,14 +81,13 @@ class Sequential(nn.Sequential):
         layers: a list of modules (named ``0``, ``1``, ...) or a mapping name -> module.
     """
 
-    _mf_draws_nothing = True  # builds nothing random itself (children are seeded)
-
     def __init__(self, layers: Sequence[nn.Module] | Mapping[str, nn.Module]) -> None:
         super().__init__()
         for name, child in _named(layers, "layers").items():
             self.add_module(name, child)
 
 
+@build_options(factories=("block",), stream_ignore=("n",), draws=False)
 class Repeat(nn.Sequential):
     """``n`` independent copies of a block, run in sequence.
 
@@ -63,10 +98,6 @@ class Repeat(nn.Sequential):
             ``block`` node afresh (and independently seeded) for every ``i``.
         name: the child name of copy ``i``, a format string with ``{i}``.
     """
-
-    _mf_draws_nothing = True  # builds nothing random itself (children are seeded)
-    _mf_factories = ("block",)  # modelfactory passes this argument as a per-copy factory
-    _mf_stream_ignore = ("n",)  # copy i keeps its values whatever n is
 
     def __init__(self, n: int, block: Callable[[int], nn.Module], name: str = "{i}") -> None:
         super().__init__()
@@ -88,10 +119,9 @@ class Repeat(nn.Sequential):
             self.add_module(name.format(i=i), child)
 
 
+@build_options(draws=False)
 class Parallel(nn.Module):
     """Every branch on the same input; outputs combined by ``cat`` (along ``dim``) or ``sum``."""
-
-    _mf_draws_nothing = True  # builds nothing random itself (children are seeded)
 
     def __init__(
         self,
@@ -118,10 +148,9 @@ class Parallel(nn.Module):
         return f"combine={self.combine!r}, dim={self.dim}"
 
 
+@build_options(draws=False)
 class Residual(nn.Module):
     """``x + body(x)``."""
-
-    _mf_draws_nothing = True  # builds nothing random itself (children are seeded)
 
     def __init__(self, body: nn.Module) -> None:
         super().__init__()

@@ -40,6 +40,17 @@ class BuildError(ModelFactoryError, RuntimeError):
         super().__init__(f"{path}: {message}")
 
 
+class ArgumentError(ConfigError, BuildError):
+    """A block's constructor refused the values its config node gave it (a negative size,
+    an empty list): a config mistake found while constructing, so it is both a
+    :class:`ConfigError` and a :class:`BuildError`; ``path`` names the node."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.problems = [(path, message)]
+        Exception.__init__(self, f"Config is not well-formed:\n  {path}: {message}")
+
+
 class TieError(ConfigError):
     """A ``tie`` group cannot be applied (unknown path, shape or dtype mismatch)."""
 

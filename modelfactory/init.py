@@ -20,9 +20,10 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-from ._construct import Built, mix
+from ._construct import Built
+from ._seeding import default_generator, mix
 from ._spec import Node, parse_node
-from ._targets import accepts
+from ._targets import accepts, signature_of
 from .errors import BuildError, ConfigError, path_join
 
 __all__ = ["Rule", "apply_rules", "d2l_mixture_", "init_report", "parse_rules"]
@@ -112,6 +113,8 @@ def parse_rules(
                     "an init function's arguments must be plain values, not blocks",
                 )
             )
+        if len(problems) == n_before and node.target is not None:
+            _check_init_call(node, path_join(path, "fn"), problems)
         if len(problems) == n_before:
             out.append(
                 Rule(
@@ -119,6 +122,17 @@ def parse_rules(
                 )
             )
     return out
+
+
+def _check_init_call(node: Node, path: str, problems: list[tuple[str, str]]) -> None:
+    """An init function is called as ``fn(tensor, **kwargs)``: the rule's keywords plus the
+    tensor must cover every required argument (a module class named as ``fn`` does not)."""
+    if isinstance(node.target, type):
+        problems.append((path, f"{node.target_name} is a class; expected an init function"))
+        return
+    sig = signature_of(node.target)
+    for key, msg in sig.problems(node.target_name, 1, node.kwargs, False):
+        problems.append((path_join(path, key), msg))
 
 
 def apply_rules(model: nn.Module, rules: list[Rule], records: Iterable[Built], root: int) -> None:
@@ -156,7 +170,7 @@ def apply_rules(model: nn.Module, rules: list[Rule], records: Iterable[Built], r
                     gen.manual_seed(key)
                     kwargs = {**kwargs, "generator": gen}
                 else:  # a function that draws from the default generator: seed that one
-                    _default_generator(param.device).manual_seed(key)
+                    default_generator(param.device).manual_seed(key)
             try:
                 rule.fn(param, **kwargs)
             except Exception as e:
@@ -231,12 +245,6 @@ class _StreamKeys(dict):
             key = mix(self[parent] if mname else self.root, f"sub/{leaf}")
         self[mname] = key
         return key
-
-
-def _default_generator(device: torch.device) -> torch.Generator:
-    if device.type == "cuda":
-        return torch.cuda.default_generators[device.index or 0]
-    return torch.default_generator
 
 
 def d2l_mixture_(

@@ -14,12 +14,13 @@ from torch import nn
 
 from .errors import TieError
 
-__all__ = ["apply_ties", "check_ties", "resolve_groups", "tied_names"]
+__all__ = ["apply_ties", "check_ties", "owner", "resolve_groups", "tied_names", "validate_groups"]
 
 _GLOB = set("*?[")
 
 
-def _validate(groups: list[Any], base: str) -> list[tuple[str, str]]:
+def validate_groups(groups: list[Any], base: str = "tie.groups") -> list[tuple[str, str]]:
+    """``(path, message)`` for every group that is not a non-empty list of paths."""
     problems = []
     for i, g in enumerate(groups):
         if not isinstance(g, list) or not g or not all(isinstance(p, str) and p for p in g):
@@ -39,7 +40,7 @@ def resolve_groups(
     Raises :class:`TieError` listing every path that matches nothing, mixes kinds, or
     joins objects of different shapes or dtypes.
     """
-    problems = _validate(groups, base)
+    problems = validate_groups(groups, base)
     if problems:
         raise TieError(problems)
     modules = dict(model.named_modules(remove_duplicate=False))

@@ -61,9 +61,12 @@ def test_partial_targets_become_functools_partial():
     cfg = {"_target_": "modelfactory.blocks.Residual", "body": {"_target_": "torch.nn.Identity"}}
     assert isinstance(mf.build(cfg), Residual)
     from modelfactory._construct import Context, construct
-    from modelfactory._spec import parse
+    from modelfactory._spec import parse_node
 
-    node = parse({"_target_": "torch.nn.init.normal_", "_partial_": True, "std": 0.5}, "x")
+    problems: list = []
+    tree = {"_target_": "torch.nn.init.normal_", "_partial_": True, "std": 0.5}
+    node = parse_node(tree, "x", "", problems, 0)
+    assert problems == []
     fn = construct(node, 0, Context(torch.device("cpu")))
     assert isinstance(fn, functools.partial) and fn.keywords == {"std": 0.5}
 
@@ -263,7 +266,7 @@ def test_sequential_rejects_bad_children():
 
 
 def test_sample_forward_failure_names_the_config_path(composed):
-    from modelfactory.factory import run_sample
+    from modelfactory._sample import run_sample
 
     model = mf.build(composed(["model=rgnet", "model.layers.1.in_features=5"]))
     with pytest.raises(
@@ -295,11 +298,10 @@ def test_wrong_scalar_types_are_caught_before_building():
 
 def test_editing_the_input_after_build_does_not_change_the_model_config():
     from modelfactory._config import DEFAULTS
-    from modelfactory.factory import CONFIG_ATTR
 
     cfg = {"model": seq(lin(2, 3), {"_target_": "torch.nn.GELU", "approximate": "none"})}
     m = mf.build(cfg)
     cfg["model"]["layers"][1]["approximate"] = "tanh"
-    kept = m.__dict__[CONFIG_ATTR]
+    kept = mf.config_of(m)
     assert kept["model"]["layers"][1]["approximate"] == "none"
     assert kept["init"] is not DEFAULTS["init"]

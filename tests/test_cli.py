@@ -75,7 +75,7 @@ def test_main_job_writes_loadable_checkpoint_and_metrics(main_run) -> None:
     assert {w["name"] for w in m["weights"]} >= {"1.weight", "0.block 0.0.weight"}
     assert [a["depth"] for a in m["activations"]] == list(range(len(m["activations"])))
     model = mf.load(run_dir)
-    _x, y = job.sample_output(model, model.__dict__["_modelfactory_config"])
+    _x, y = job.sample_output(model, mf.config_of(model))
     assert job.checksum(y)["sha256"] == printed
     assert (run_dir / "modelfactory.log").read_text().count(printed) == 1
 
@@ -166,6 +166,7 @@ def test_sweep_with_failed_jobs_reports_the_others_and_names_the_failures(tmp_pa
         ("model=rgnet model.layers.1.in_features=5", "model.layers.1", 1),  # shape: the config path
         ("+seeed=3", "seeed", 2),  # a typo added with + must not pass silently
         ("model.layers.0.out_features=abc", "model.layers.0.out_features", 2),  # a wrong type
+        ("model=lazy_mlp input_shape=null", "lazy layers are not materialized", 1),
     ],
 )
 def test_bad_config_is_one_paragraph_naming_the_key(

@@ -13,7 +13,7 @@ import torch
 
 import modelfactory as mf
 from modelfactory._config import normalize
-from modelfactory.factory import run_sample, sample_input
+from modelfactory._sample import run_sample, sample_input
 
 DATA = Path(__file__).parent / "data"
 
@@ -22,7 +22,7 @@ DATA = Path(__file__).parent / "data"
 def test_v1_checkpoint_loads_bit_exactly(name: str) -> None:
     model = mf.load(DATA / name)
     expected = mf.load_tensors(DATA / name / "expected_output.safetensors")["output"]
-    bc = normalize(model.__dict__["_modelfactory_config"])
+    bc = normalize(mf.config_of(model))
     out = run_sample(model, sample_input(bc, torch.device("cpu")))
     assert torch.equal(out.reshape(expected.shape), expected)
     assert mf.verify(DATA / name).tensors > 0

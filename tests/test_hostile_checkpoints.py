@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import modelfactory as mf
-from modelfactory import _safefile, _state
+from modelfactory.checkpoint import _format as _safefile
+from modelfactory.checkpoint import _state
 from modelfactory.errors import CheckpointError, ModelFactoryError, UntrustedTargetError
 
 from .conftest import RELU, lin, seq
@@ -71,7 +72,7 @@ def hostile_models(tmp: Path) -> dict[str, Callable[[dict], None]]:
         "subprocess.Popen": in_layer({"_target_": "subprocess.Popen", "args": cmd, "shell": True}),
         "torch.load": in_layer({"_target_": "torch.load", "f": str(tmp / "x.pt")}),
         "trusted module reaching os": in_layer(
-            {"_target_": "modelfactory.io.os.system", "_args_": [cmd]}
+            {"_target_": "modelfactory.checkpoint.read.os.system", "_args_": [cmd]}
         ),
         "torch.nn reaching torch.load": in_layer(
             {"_target_": "torch.nn.functional.torch.load", "f": "x"}

@@ -14,17 +14,18 @@ import torch
 from torch import nn
 
 import modelfactory as mf
-from modelfactory import _safefile
 from modelfactory._config import normalize
+from modelfactory._sample import sample_input
+from modelfactory.checkpoint import _atomic
+from modelfactory.checkpoint import _format as _safefile
 from modelfactory.configs import compose, model_names
 from modelfactory.errors import CheckpointError, UntrustedTargetError
-from modelfactory.factory import CONFIG_ATTR, sample_input
 
 from .conftest import RELU, lin, seq
 
 
 def _sample(model: nn.Module) -> torch.Tensor:
-    bc = normalize(model.__dict__[CONFIG_ATTR])
+    bc = normalize(mf.config_of(model))
     x = sample_input(bc, torch.device("cpu"))
     if x.is_floating_point():
         x = x.to(next(model.parameters()).dtype)
@@ -68,7 +69,7 @@ def test_round_trip_every_shipped_config(name: str, dtype: str, tmp_path: Path) 
     assert (tmp_path / "ckpt" / "config.yaml").is_file()
     restored = mf.load(tmp_path / "ckpt")
     assert_same(model, restored)
-    assert restored.__dict__[CONFIG_ATTR]["model"] == model.__dict__[CONFIG_ATTR]["model"]
+    assert mf.config_of(restored)["model"] == mf.config_of(model)["model"]
 
 
 def test_ties_come_back_as_identity(tmp_path: Path) -> None:
@@ -150,7 +151,7 @@ def test_dtype_and_device_arguments(tmp_path: Path) -> None:
     mf.save(model, tmp_path / "m")
     back = mf.load(tmp_path / "m", device="auto", dtype="bfloat16")
     assert back[0].weight.dtype == torch.bfloat16 and back[0].weight.device.type in ("cpu", "cuda")
-    assert back.__dict__[CONFIG_ATTR]["device"]["dtype"] == "bfloat16"
+    assert mf.config_of(back)["device"]["dtype"] == "bfloat16"
 
 
 def test_restored_model_trains(tmp_path: Path) -> None:
@@ -179,8 +180,9 @@ def test_model_not_built_by_modelfactory_needs_cfg(tmp_path: Path) -> None:
 
 
 def plain_with(model: nn.Module, cfg: dict[str, Any]) -> nn.Module:
-    model.__dict__[CONFIG_ATTR] = normalize({**cfg, "input_shape": [2, 20]}).resolved
-    return model
+    from modelfactory._record import BuildRecord, attach
+
+    return attach(model, BuildRecord(normalize({**cfg, "input_shape": [2, 20]}).resolved))
 
 
 def test_save_is_deterministic(tmp_path: Path) -> None:
@@ -238,7 +240,11 @@ def test_trusted_prefix_loads_only_module_classes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "target",
-    ["torch.nn.modules.module.torch.save", "modelfactory.io.save_tensors", "builtins.eval"],
+    [
+        "torch.nn.modules.module.torch.save",
+        "modelfactory.checkpoint.write.save_tensors",
+        "builtins.eval",
+    ],
 )
 def test_targets_reached_through_attributes_are_refused(target: str, tmp_path: Path) -> None:
     file = _malicious(tmp_path, {"model": {"_target_": target, "_args_": ["x"]}})
@@ -472,10 +478,10 @@ def _assert_reads_as(reader: str, file: Path, new: nn.Module) -> None:
     """``reader`` sees ``new``, document and tensors alike."""
     if reader == "load":
         back = mf.load(file)
-        assert back.__dict__[CONFIG_ATTR]["seed"] == 1
+        assert mf.config_of(back)["seed"] == 1
         assert_same(new, back)
     elif reader == "load_weights":
-        back = mf.load_weights(mf.build(new.__dict__[CONFIG_ATTR], seed=5), file)
+        back = mf.load_weights(mf.build(mf.config_of(new), seed=5), file)
         assert_same(new, back)
     elif reader == "load_tensors":
         back = mf.load_tensors(file)
@@ -567,10 +573,10 @@ def test_save_removes_only_old_temporary_files_of_dead_writers(
     """A pid that is not alive here may be a live writer on another host sharing the
     directory: its temporary file goes only once it is also old."""
     live, dead = 1000, 2000
-    monkeypatch.setattr(_safefile, "_alive", lambda pid: pid == live)
+    monkeypatch.setattr(_atomic, "_alive", lambda pid: pid == live)
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    old = os.path.getmtime(ckpt) - _safefile.ORPHAN_AGE_S - 60
+    old = os.path.getmtime(ckpt) - _atomic.ORPHAN_AGE_S - 60
     tmps = {
         (pid, age): ckpt / f".model.safetensors.{pid}-{age}0000000.tmp"
         for pid in (live, dead)

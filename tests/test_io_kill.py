@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 import modelfactory as mf
-from modelfactory import _safefile
+from modelfactory.checkpoint import _atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = {
@@ -93,7 +93,7 @@ def test_killed_saves_leave_old_or_new_checkpoint(tmp_path: Path) -> None:
                 # config.yaml is written first, so it may already be the next model's copy
                 warnings.simplefilter("ignore", UserWarning)
                 model = mf.load(target)
-            seed = model.__dict__["_modelfactory_config"]["seed"]
+            seed = mf.config_of(model)["seed"]
             seen_seeds.add(seed)
             state = model.state_dict()
             assert all(torch.equal(state[k], v) for k, v in expected[seed].items())
@@ -103,7 +103,7 @@ def test_killed_saves_leave_old_or_new_checkpoint(tmp_path: Path) -> None:
     # The killed writers' temporary files are removed by a later save once they are old
     # enough (a fresh one could be a live writer's on another host): age them, then save.
     leftovers = list(target.glob(".*.tmp"))
-    old = time.time() - _safefile.ORPHAN_AGE_S - 60
+    old = time.time() - _atomic.ORPHAN_AGE_S - 60
     for tmp in leftovers:
         os.utime(tmp, (old, old))
     mf.save(model, target)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 import modelfactory as mf
-from modelfactory.factory import run_sample, sample_input
+from modelfactory._sample import run_sample, sample_input
 
 ROOT = Path(__file__).resolve().parents[1]
 

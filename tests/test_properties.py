@@ -11,7 +11,7 @@ from torch import nn
 
 import modelfactory as mf
 from modelfactory._config import normalize
-from modelfactory.factory import CONFIG_ATTR, sample_input
+from modelfactory._sample import sample_input
 
 from .strategies import configs
 
@@ -81,7 +81,7 @@ def test_generated_models_round_trip_bit_exactly(cfg, tmp_path_factory):
     mf.save(a, path)
     back = mf.load(path)
     assert cfg == snapshot
-    assert back.__dict__[CONFIG_ATTR]["model"] == cfg["model"]
+    assert mf.config_of(back)["model"] == cfg["model"]
     sback = back.state_dict()
     assert list(sback) == list(sa)
     assert all(sback[k].dtype == sa[k].dtype and torch.equal(sback[k], sa[k]) for k in sa)

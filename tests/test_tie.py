@@ -110,7 +110,9 @@ def test_unknown_paths_and_mixed_kinds_are_errors():
 
 def test_broken_ties_are_detected_by_identity(composed):
     m = mf.build(composed(["model=gpt_small"]))
-    ties = m.__dict__["_modelfactory_ties"]
+    from modelfactory._record import record_of
+
+    ties = record_of(m).ties
     check_ties(m, ties)
     m.head.weight = nn.Parameter(m.head.weight.detach().clone())  # what assign=True would do
     with pytest.raises(

@@ -7,8 +7,8 @@ import torch
 
 import modelfactory as mf
 from modelfactory._config import normalize
+from modelfactory._sample import sample_input
 from modelfactory.configs import model_names
-from modelfactory.factory import sample_input
 
 EXPECTED = {
     "centered": (4, 128),

@@ -21,3 +21,11 @@ class LazyHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x)
+
+
+class Flexible(nn.Module):
+    """A block that takes ``**kwargs`` besides its one required argument."""
+
+    def __init__(self, width: int, **options: object) -> None:
+        super().__init__()
+        self.width, self.options = width, options

@@ -24,8 +24,8 @@ import modelfactory as mf
 
 from .. import device as devices
 from .._config import BUILD_KEYS, normalize, to_plain
+from .._sample import run_sample, sample_input
 from ..errors import ConfigError
-from ..factory import CONFIG_ATTR, run_sample, sample_input
 from .progress import Spinner
 
 __all__ = [
@@ -189,7 +189,7 @@ def restore_job(path: str, trusted: list[str] | None = None) -> dict[str, Any] |
     """
     with Spinner(f"loading {path}"):
         model = mf.load(path, trusted=list(trusted or []))
-    cfg = model.__dict__.get(CONFIG_ATTR)
+    cfg = mf.config_of(model)
     log.info("restored %s", path)
     return _describe(model, cfg)[0] if cfg is not None else None
 

@@ -1,4 +1,4 @@
-"""The file layer of checkpoints: atomic writes, one-copy tensor tables, and the header.
+"""The checkpoint file format: one-copy tensor tables, the metadata document, the header.
 
 A modelfactory file is an ordinary safetensors file whose metadata holds ONE
 key, ``modelfactory``, a JSON document (one key, because safetensors writes
@@ -10,90 +10,28 @@ of its own.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
-import secrets
-import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from ._docschema import is_count, schema_problems, short
-from ._stwriter import PAD_PREFIX, dtype_name, unsupported, write_file
-from .errors import CheckpointError
+from ..errors import CheckpointError
+from ._atomic import atomic_write, stable
+from ._schema import is_count, schema_problems, short
+from ._writer import PAD_PREFIX, dtype_name, unsupported, write_file
 
 META_KEY = "modelfactory"
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # safe either way; C is faster
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
 FORMAT_VERSION = 1
-# A writer's temporary file is removed by a later save only when its pid is dead here AND it
-# has not been touched for this long: on a shared filesystem the pid may be another host's.
-ORPHAN_AGE_S = 600
-READ_ATTEMPTS = 3
-T = TypeVar("T")
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same directory, fsync, then rename over ``path``.
-
-    A crash or kill at any moment leaves ``path`` as it was, or complete.
-    """
-    _remove_orphans(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _remove_orphans(path: Path) -> None:
-    """Delete temporary files of earlier saves to ``path`` that a killed writer left behind.
-
-    Conservative: the file must be untouched for ``ORPHAN_AGE_S`` seconds and its pid dead in
-    this pid namespace (on a shared filesystem a pid alone could be another host's writer).
-    """
-    stale = time.time() - ORPHAN_AGE_S
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*-*.tmp"):
-        pid = tmp.name[len(path.name) + 2 :].split("-", 1)[0]
-        try:
-            old = tmp.stat().st_mtime < stale
-        except FileNotFoundError:  # its writer finished or another save removed it
-            continue
-        if old and pid.isdigit() and not _alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def tensor_digest(t: torch.Tensor) -> str:
@@ -261,45 +199,6 @@ def read(file: Path, *, require: str | None = None) -> tuple[Header, dict[str, t
     return stable(file, lambda: (read_header(file, require=require), read_tensors(file)))
 
 
-def stable(file: Path, read: Callable[[], T]) -> T:
-    """``read()``, which opens ``file`` more than once, retried until ``file`` stayed the same
-    file throughout: a save (an atomic rename) landing between two opens would otherwise mix
-    one checkpoint's document with another's tensors, a model that was never saved."""
-    if not file.is_file():
-        raise CheckpointError(file, "no such checkpoint file")
-    for _ in range(READ_ATTEMPTS):
-        try:
-            fh = open(file, "rb")  # noqa: SIM115 (closed below)
-        except OSError as e:
-            raise CheckpointError(file, f"cannot open it ({e})") from e
-        with fh:  # held open, so no new file can get its inode number meanwhile
-            before = _identity(os.fstat(fh.fileno()))
-            try:
-                result = read()
-            except CheckpointError:
-                if _unchanged(file, before):
-                    raise
-                continue  # the error may come from the mix: read again
-            if _unchanged(file, before):
-                return result
-    raise CheckpointError(
-        file,
-        f"it changed while being read, {READ_ATTEMPTS} times in a row: another process keeps "
-        "saving to it; read it once that is done",
-    )
-
-
-def _identity(st: os.stat_result) -> tuple[int, ...]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _unchanged(file: Path, before: tuple[int, ...]) -> bool:
-    try:
-        return _identity(os.stat(file)) == before
-    except OSError:
-        return False
-
-
 def first_bad_tensor(header: Header) -> str | None:
     """The first tensor (in file order) whose bytes do not match the stored digest."""
     listed = (header.doc or {}).get("tensors", {})
@@ -330,15 +229,6 @@ def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path | None]:
     return path, copy if path.name == MODEL_FILE and copy.is_file() else None
 
 
-def _safe_yaml(text: str) -> Any:
-    """``yaml.safe_load``, with the C safe loader when libyaml is there (same result, faster)."""
-    loader = _SAFE_LOADER(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
-
-
 def compare_copy(copy: Path, config: dict[str, Any], file: Path, sha256: Any = None) -> None:
     """Warn when ``config.yaml`` says something else than the embedded config.
 
@@ -348,7 +238,7 @@ def compare_copy(copy: Path, config: dict[str, Any], file: Path, sha256: Any = N
         data = copy.read_bytes()
         if isinstance(sha256, str) and hashlib.sha256(data).hexdigest() == sha256:
             return
-        other: Any = _safe_yaml(data.decode())
+        other: Any = yaml.safe_load(data.decode())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         other = e
     if other != config:
@@ -361,7 +251,7 @@ def compare_copy(copy: Path, config: dict[str, Any], file: Path, sha256: Any = N
 def versions() -> dict[str, str]:
     import safetensors
 
-    from . import __version__
+    from .. import __version__
 
     return {
         "modelfactory": __version__,

@@ -16,10 +16,9 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-from ._config import normalize
-from .errors import CheckpointError, ModelFactoryError, path_join
-from .factory import CONFIG_ATTR, build, build_skeleton
-from .tie import owner
+from ..errors import CheckpointError, ModelFactoryError, path_join
+from ..factory import build, build_skeleton
+from ..tie import owner
 
 __all__ = [
     "assign",
@@ -27,7 +26,6 @@ __all__ = [
     "check_nonpersistent",
     "check_plain",
     "collect",
-    "config_of",
     "eval_modules",
     "expected",
     "fit",
@@ -69,15 +67,22 @@ def signature(
 def mismatches(
     expected: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
     found: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
+    *,
+    found_in: str = "the file",
+    expected_in: str = "the model",
 ) -> list[str]:
-    """One line per missing, unexpected, shape- or dtype-mismatched key."""
+    """One line per missing, unexpected, shape- or dtype-mismatched key.
+
+    ``found_in`` / ``expected_in`` say where each side comes from (``save`` compares the
+    live model with what its config builds; ``load`` a file with the rebuilt model).
+    """
     out = [
-        f"missing: {k!r} (the config builds it, the file lacks it)"
-        for k in expected
-        if k not in found
+        f"missing: {k!r} (in {expected_in}, not in {found_in})" for k in expected if k not in found
     ]
     out += [
-        f"unexpected: {k!r} (in the file, not in the model)" for k in found if k not in expected
+        f"unexpected: {k!r} (in {found_in}, not in {expected_in})"
+        for k in found
+        if k not in expected
     ]
     for k, (want_dtype, want_shape) in expected.items():  # in the model's order
         if k not in found:
@@ -85,12 +90,11 @@ def mismatches(
         dtype, shape = found[k]
         if shape != want_shape:
             out.append(
-                f"shape: {k!r} is {list(shape)} in the file, {list(want_shape)} in the model"
+                f"shape: {k!r} is {list(shape)} in {found_in}, {list(want_shape)} in {expected_in}"
             )
         elif dtype != want_dtype:
-            out.append(
-                f"dtype: {k!r} is {_name(dtype)} in the file, {_name(want_dtype)} in the model"
-            )
+            have, want = _name(dtype), _name(want_dtype)
+            out.append(f"dtype: {k!r} is {have} in {found_in}, {want} in {expected_in}")
     return out
 
 
@@ -158,18 +162,6 @@ def restore_modes(model: nn.Module, in_eval: Iterable[str]) -> nn.Module:
     for name, module in model.named_modules():
         module.training = name not in in_eval
     return model
-
-
-def config_of(model: nn.Module, cfg: Any, file: Path) -> dict[str, Any]:
-    if cfg is None:
-        cfg = model.__dict__.get(CONFIG_ATTR)
-        if cfg is None:
-            raise CheckpointError(
-                file,
-                f"this {type(model).__name__} was not made by modelfactory.build, so its "
-                "architecture is unknown; pass cfg= (the config that builds it)",
-            )
-    return normalize(cfg).resolved
 
 
 _PLAIN = (str, int, float, bool, type(None))

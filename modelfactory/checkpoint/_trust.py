@@ -18,9 +18,9 @@ from typing import Any
 
 from torch import nn
 
-from ._targets import TargetNotFound, locate, qualified_name
-from .blocks import Repeat
-from .errors import CheckpointError, UntrustedTargetError, path_join
+from .._targets import TargetNotFound, locate, qualified_name
+from ..blocks import Repeat
+from ..errors import CheckpointError, UntrustedTargetError, path_join
 
 __all__ = ["check_config", "parse_trusted"]
 

@@ -1,112 +1,35 @@
-"""Checkpoints that restore their own architecture, safely and bit-exactly.
+"""Reading checkpoints: ``load`` (the model, rebuilt from its embedded config),
+``load_weights`` (tensors into an existing model), ``load_tensors`` and ``verify``.
 
-``save`` writes ``model.safetensors`` (the checkpoint: tensors plus the resolved
-config, format version, ties, library versions and digests in its metadata)
-and ``config.yaml`` (a copy of the config for people, written first). ``load``
-checks the config's targets, rebuilds the architecture on ``meta`` with no
-init, assigns the memory-mapped tensors, re-applies ties and places the model.
-Only tensors and JSON are read back: no Python object is ever deserialized.
+``load`` checks the config's targets against the trusted prefixes before anything
+is imported, rebuilds the architecture on ``meta`` with no init, assigns the
+memory-mapped tensors, re-applies ties and places the model. Only tensors and
+JSON are read back: no Python object is ever deserialized.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import yaml
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-from . import _safefile as sf
+from .._record import BuildRecord, attach, record_of
+from ..device import parse_dtype, resolve_device
+from ..errors import CheckpointError
+from ..tie import apply_ties, check_ties
+from . import _format as fmt
 from . import _state
+from ._atomic import stable
 from ._trust import check_config, parse_trusted
-from .device import parse_dtype, resolve_device
-from .errors import CheckpointError, ModelFactoryError
-from .factory import CONFIG_ATTR, TIES_ATTR
-from .tie import apply_ties, check_ties
 
-__all__ = ["Verified", "load", "load_tensors", "load_weights", "save", "save_tensors", "verify"]
+__all__ = ["Verified", "load", "load_tensors", "load_weights", "verify"]
 
-MODEL_FILE, CONFIG_FILE = sf.MODEL_FILE, sf.CONFIG_FILE
 Pathish = str | os.PathLike
-
-
-def save(model: nn.Module, path: Pathish, *, cfg: Any = None) -> Path:
-    """Save ``model`` with its architecture, atomically.
-
-    Args:
-        model: a model made by :func:`modelfactory.build` (it carries its config), or any
-            model together with ``cfg``.
-        path: a directory (gets ``model.safetensors`` and ``config.yaml``), or a file name
-            ending in ``.safetensors`` (the file alone; its embedded config suffices).
-        cfg: the config that builds ``model``'s architecture; defaults to the one ``build``
-            kept on the model.
-
-    Returns:
-        The ``.safetensors`` file written.
-
-    Raises:
-        CheckpointError: no config, a config that is not plain data, lazy layers not
-            materialized, broken ties, a model that no longer matches its config, or a
-            ``path`` that is an existing file not named ``*.safetensors``.
-    """
-    path = Path(path)
-    file = path if path.suffix == ".safetensors" else path / MODEL_FILE
-    if file != path and path.exists() and not path.is_dir():
-        raise CheckpointError(
-            path,
-            "exists and is not a directory; save to a directory (it gets model.safetensors "
-            "and config.yaml) or to a file name ending in .safetensors",
-        )
-    config = _state.config_of(model, cfg, file)
-    _state.check_plain(config, file)
-    lazy = _state.lazy_names(model)
-    if lazy:
-        raise CheckpointError(
-            file,
-            f"lazy layers are not materialized ({', '.join(lazy[:5])}): their shapes are not "
-            "known yet; build with input_shape set (or run one forward) before saving",
-        )
-    tensors, nonpersistent = _state.collect(model)
-    config = _state.with_dtype(config, tensors)
-    skeleton = _state.skeleton(config, {k: t.shape for k, t in tensors.items()}, file)
-    problems = _state.mismatches(
-        _state.expected(skeleton, nonpersistent), _state.signature(tensors)
-    )
-    if problems:
-        raise CheckpointError(
-            file,
-            "the model no longer matches the config it was built from; pass cfg= describing "
-            "it:\n  " + "\n  ".join(problems),
-        )
-    ties = skeleton.__dict__[TIES_ATTR]
-    try:
-        check_ties(model, ties)
-        stored, aliases = sf.dedupe(tensors)
-    except (ModelFactoryError, ValueError) as e:
-        raise CheckpointError(file, f"cannot save: {e}") from e
-    doc = {
-        "kind": "model",
-        "config": config,
-        "ties": [[kind, names] for kind, names in ties],
-        "aliases": aliases,
-        "nonpersistent": nonpersistent,
-        "eval": _state.eval_modules(model),
-        "versions": sf.versions(),
-    }
-    _make_parent(file)
-    if file.name == MODEL_FILE and file.parent == path:
-        text = "# A copy for people: the config embedded in model.safetensors is the authority.\n"
-        text += yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
-        # Its digest lets load skip parsing an untouched copy.
-        doc["config_yaml_sha256"] = hashlib.sha256(text.encode()).hexdigest()
-        sf.atomic_write(path / CONFIG_FILE, lambda tmp: tmp.write_text(text))
-    sf.write(file, stored, doc)
-    return file
 
 
 def load(
@@ -141,17 +64,44 @@ def load(
         CheckpointError: a missing or corrupt file, (strict) tensors that do not fit, or a
             ``dtype`` that is not floating.
     """
-    file, copy = sf.checkpoint_paths(path)
+    file, copy = fmt.checkpoint_paths(path)
     cast = _float_dtype(dtype, file)
-    header, stored = sf.read(file, require="model")
+    header, stored = fmt.read(file, require="model")
     doc = header.doc or {}
+    config = _trusted_config(doc, file, copy, trusted)
+    target = resolve_device(device if device is not None else "cpu", "device")
+    tensors = _with_aliases(stored, doc.get("aliases", {}))
+    model = _rebuild(config, tensors, doc, file, strict)
+    ties = record_of(model).ties
+    _place(model, ties, cast, target)
+    device_cfg = {**config.get("device", {}), "device": str(target)}
+    if cast is not None:
+        device_cfg["dtype"] = str(cast).removeprefix("torch.")
+    record = BuildRecord({**config, "device": device_cfg}, ties, record_of(model).paths)
+    return attach(model, record)
+
+
+def _trusted_config(
+    doc: dict[str, Any], file: Path, copy: Path | None, trusted: Any
+) -> dict[str, Any]:
+    """The embedded config, once every target it names is trusted; warns when the
+    ``config.yaml`` copy beside the file says something else."""
     config = doc["config"]
     check_config(config, file, parse_trusted(trusted, file))
     if copy is not None:
-        sf.compare_copy(copy, config, file, doc.get("config_yaml_sha256"))
-    target = resolve_device(device if device is not None else "cpu", "device")
+        fmt.compare_copy(copy, config, file, doc.get("config_yaml_sha256"))
+    return config
+
+
+def _rebuild(
+    config: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    doc: dict[str, Any],
+    file: Path,
+    strict: bool,
+) -> nn.Module:
+    """The architecture from ``config`` with the stored tensors in it, ties and modes restored."""
     nonpersistent, aliases = doc.get("nonpersistent", []), doc.get("aliases", {})
-    tensors = _with_aliases(stored, aliases)
     model = _state.skeleton(config, {k: t.shape for k, t in tensors.items()}, file)
     _state.check_nonpersistent(model, nonpersistent, file)
     expected = _state.expected(model, nonpersistent)
@@ -163,26 +113,34 @@ def load(
             "load(strict=False) to load what fits):\n  " + "\n  ".join(problems),
         )
     if problems:
-        warnings.warn(f"{file}: loading what fits:\n  " + "\n  ".join(problems), stacklevel=2)
+        warnings.warn(f"{file}: loading what fits:\n  " + "\n  ".join(problems), stacklevel=3)
+        record = record_of(model)
         model = _state.fit(model, config, tensors, expected, nonpersistent, aliases)
+        if record_of(model) is None:
+            attach(model, record)
     else:
         _state.assign(model, tensors, nonpersistent, aliases)
     _state.check_filled(model, file)
-    ties = model.__dict__[TIES_ATTR]
+    ties = record_of(model).ties
     apply_ties(model, ties)
     check_ties(model, ties)
     _state.restore_modes(model, doc.get("eval", []))
+    return model
+
+
+def _place(
+    model: nn.Module,
+    ties: list[tuple[str, list[str]]],
+    cast: torch.dtype | None,
+    target: torch.device,
+) -> None:
+    """Cast and move the loaded model; the moves must not break its ties."""
     if cast is not None:
         model.to(cast)
     if target.type != "cpu":
         model.to(target)
     if cast is not None or target.type != "cpu":
-        check_ties(model, ties)  # dtype and device moves must not have broken them
-    device_cfg = {**config.get("device", {}), "device": str(target)}
-    if cast is not None:
-        device_cfg["dtype"] = str(cast).removeprefix("torch.")
-    model.__dict__[CONFIG_ATTR] = {**config, "device": device_cfg}
-    return model
+        check_ties(model, ties)
 
 
 def load_weights(
@@ -208,24 +166,16 @@ def load_weights(
     Raises:
         CheckpointError: (strict) tensors that do not fit, listed together.
     """
-    file, _ = sf.checkpoint_paths(path)
-    header, stored = sf.read(file)
+    file, _ = fmt.checkpoint_paths(path)
+    header, stored = fmt.read(file)
     doc = header.doc or {}
     tensors = _with_aliases(stored, doc.get("aliases", {}))
     for key in doc.get("nonpersistent", []):
         tensors.pop(key, None)
     mapping = {"": ""} if prefix_map is None else dict(prefix_map)
-    chosen: dict[str, torch.Tensor] = {}
-    for key, t in tensors.items():
-        src = max((p for p in mapping if key.startswith(p)), key=len, default=None)
-        if src is not None:
-            chosen[mapping[src] + key[len(src) :]] = t
+    chosen = _renamed(tensors, mapping)
     own = model.state_dict(keep_vars=True)
-    covered = {k: v for k, v in own.items() if any(k.startswith(d) for d in mapping.values())}
-    problems = [f"uninitialized (lazy): {k!r}" for k in chosen if k in own and is_lazy(own[k])]
-    sigs = {k: (v.dtype, tuple(v.shape)) for k, v in chosen.items()}
-    own_sigs = {k: (sigs.get(k, (v.dtype,))[0], tuple(v.shape)) for k, v in covered.items()}
-    problems += _state.mismatches(own_sigs, sigs) if not problems else []
+    problems = _weight_problems(own, chosen, mapping)
     if strict and problems:
         raise CheckpointError(file, "tensors do not fit the model:\n  " + "\n  ".join(problems))
     with torch.no_grad():
@@ -235,44 +185,35 @@ def load_weights(
     return model
 
 
-def save_tensors(obj: torch.Tensor | list | tuple | dict, path: Pathish) -> Path:
-    """Save a tensor, a list/tuple of tensors or a dict str -> tensor, atomically.
+def _renamed(tensors: dict[str, torch.Tensor], mapping: dict[str, str]) -> dict[str, torch.Tensor]:
+    """The stored tensors under a mapped prefix, renamed by the longest prefix that covers them."""
+    chosen: dict[str, torch.Tensor] = {}
+    for key, t in tensors.items():
+        src = max((p for p in mapping if key.startswith(p)), key=len, default=None)
+        if src is not None:
+            chosen[mapping[src] + key[len(src) :]] = t
+    return chosen
 
-    Args:
-        obj: what to save; :func:`load_tensors` gives back the same container type.
-        path: the ``.safetensors`` file to write.
 
-    Returns:
-        The file written.
+def _weight_problems(
+    own: dict[str, torch.Tensor], chosen: dict[str, torch.Tensor], mapping: dict[str, str]
+) -> list[str]:
+    """One line per chosen tensor that does not land, and per covered model tensor left out."""
+    problems = [f"uninitialized (lazy): {k!r}" for k in chosen if k in own and is_lazy(own[k])]
+    if problems:
+        return problems
+    covered = {k: v for k, v in own.items() if any(k.startswith(d) for d in mapping.values())}
+    sigs = {k: (v.dtype, tuple(v.shape)) for k, v in chosen.items()}
+    own_sigs = {k: (sigs.get(k, (v.dtype,))[0], tuple(v.shape)) for k, v in covered.items()}
+    return _state.mismatches(own_sigs, sigs)
 
-    Raises:
-        CheckpointError: ``obj`` is not one of those containers of tensors.
-    """
-    path = Path(path)
-    if isinstance(obj, torch.Tensor):
-        container, named = "tensor", {"tensor": obj}
-    elif isinstance(obj, (list, tuple)):
-        container, named = type(obj).__name__, {str(i): t for i, t in enumerate(obj)}
-    elif isinstance(obj, dict):
-        container, named = "dict", dict(obj)
-    else:
-        raise CheckpointError(
-            path, f"expected a tensor, a list or a dict of tensors, got {type(obj).__name__}"
-        )
-    bad = [k for k, t in named.items() if not isinstance(k, str) or not isinstance(t, torch.Tensor)]
-    if bad:
-        raise CheckpointError(
-            path,
-            f"every entry must be a tensor under a string key; not: {', '.join(map(repr, bad))}",
-        )
-    try:
-        stored, aliases = sf.dedupe(named)
-    except ValueError as e:
-        raise CheckpointError(path, f"cannot save: {e}") from e
-    doc = {"kind": "tensors", "container": container, "keys": list(named), "aliases": aliases}
-    _make_parent(path)
-    sf.write(path, stored, {**doc, "versions": sf.versions()})
-    return path
+
+class Verified(NamedTuple):
+    """What :func:`verify` checked."""
+
+    file: Path
+    tensors: int
+    nbytes: int
 
 
 def load_tensors(path: Pathish) -> torch.Tensor | list | tuple | dict:
@@ -283,8 +224,8 @@ def load_tensors(path: Pathish) -> torch.Tensor | list | tuple | dict:
     Raises:
         CheckpointError: a missing or corrupt file.
     """
-    file, _ = sf.checkpoint_paths(path)
-    header, stored = sf.read(file)
+    file, _ = fmt.checkpoint_paths(path)
+    header, stored = fmt.read(file)
     doc = header.doc or {}
     tensors = _with_aliases(stored, doc.get("aliases", {}))
     if doc.get("kind") != "tensors":
@@ -296,14 +237,6 @@ def load_tensors(path: Pathish) -> torch.Tensor | list | tuple | dict:
     if container in ("list", "tuple"):
         return items if container == "list" else tuple(items)
     return dict(zip(doc["keys"], items, strict=True))
-
-
-class Verified(NamedTuple):
-    """What :func:`verify` checked."""
-
-    file: Path
-    tensors: int
-    nbytes: int
 
 
 def verify(path: Pathish) -> Verified:
@@ -319,15 +252,15 @@ def verify(path: Pathish) -> Verified:
         CheckpointError: naming the first tensor (in file order) whose bytes changed, or
             what else is wrong with the file.
     """
-    file, _ = sf.checkpoint_paths(path)
-    return sf.stable(file, lambda: _verify_once(file))
+    file, _ = fmt.checkpoint_paths(path)
+    return stable(file, lambda: _verify_once(file))
 
 
 def _verify_once(file: Path) -> Verified:
-    header = sf.read_header(file)
+    header = fmt.read_header(file)
     if header.doc is None:
         raise CheckpointError(file, "has no modelfactory digests to verify (saved by another tool)")
-    bad = sf.first_bad_tensor(header)
+    bad = fmt.first_bad_tensor(header)
     if bad is not None:
         raise CheckpointError(
             file, f"tensor {bad!r} does not match the digest stored at save time: corrupt data"
@@ -355,10 +288,3 @@ def _float_dtype(dtype: str | torch.dtype | None, file: Path) -> torch.dtype | N
             f"'bfloat16', got {str(cast).removeprefix('torch.')}",
         )
     return cast
-
-
-def _make_parent(file: Path) -> None:
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # a path component is a file, or no permission
-        raise CheckpointError(file, f"cannot create its directory ({e})") from e

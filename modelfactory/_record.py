@@ -1,0 +1,57 @@
+"""The build record: what a built (or loaded) model carries about how it was made.
+
+Build returns the record explicitly; the model holds exactly one, read through
+:func:`config_of` (public) and :func:`record_of` (save, the app, sample runs).
+No other stage stores state on the model.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+__all__ = ["BuildRecord", "attach", "config_of", "record_of"]
+
+_ATTR = "_modelfactory_record"
+
+
+@dataclass(frozen=True, eq=False)
+class BuildRecord:
+    """How a model was made.
+
+    Attributes:
+        config: the resolved full config (plain data) that builds the architecture.
+        ties: the resolved tie groups, ``(kind, [source, other, ...])`` each.
+        paths: ``id(module) -> config path`` of every module a config node built, for
+            error messages (a module replaced later is named by its module path instead).
+    """
+
+    config: dict[str, Any]
+    ties: list[tuple[str, list[str]]] = field(default_factory=list)
+    paths: Mapping[int, str] = field(default_factory=dict)
+
+
+def attach(model: nn.Module, record: BuildRecord) -> nn.Module:
+    """Give ``model`` its record (replacing any earlier one); returns ``model``."""
+    model.__dict__[_ATTR] = record  # not a submodule, parameter or buffer: plain __dict__
+    return model
+
+
+def record_of(model: nn.Module) -> BuildRecord | None:
+    """The record of a model modelfactory built or loaded, else ``None``."""
+    record = model.__dict__.get(_ATTR)
+    return record if isinstance(record, BuildRecord) else None
+
+
+def config_of(model: nn.Module) -> dict[str, Any] | None:
+    """The resolved config a model was built from (a copy), or ``None`` for other models.
+
+    For a loaded model it is the checkpoint's config, with ``device`` saying where the
+    model was placed. ``modelfactory.build(config_of(model))`` rebuilds the architecture.
+    """
+    record = record_of(model)
+    return copy.deepcopy(record.config) if record is not None else None

@@ -1,0 +1,119 @@
+"""Files that are never seen half-written, and reads that see one version of a file.
+
+``atomic_write`` goes through a temporary file in the same directory, fsyncs and
+renames; ``stable`` retries a read that opens a file more than once until the file
+stayed the same file throughout (a save landing between two opens would mix two
+checkpoints).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from ..errors import CheckpointError
+
+__all__ = ["atomic_write", "stable"]
+
+# A writer's temporary file is removed by a later save only when its pid is dead here AND it
+# has not been touched for this long: on a shared filesystem the pid may be another host's.
+ORPHAN_AGE_S = 600
+READ_ATTEMPTS = 3
+T = TypeVar("T")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same directory, fsync, then rename over ``path``.
+
+    A crash or kill at any moment leaves ``path`` as it was, or complete.
+    """
+    _remove_orphans(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove_orphans(path: Path) -> None:
+    """Delete temporary files of earlier saves to ``path`` that a killed writer left behind.
+
+    Conservative: the file must be untouched for ``ORPHAN_AGE_S`` seconds and its pid dead in
+    this pid namespace (on a shared filesystem a pid alone could be another host's writer).
+    """
+    stale = time.time() - ORPHAN_AGE_S
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*-*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].split("-", 1)[0]
+        try:
+            old = tmp.stat().st_mtime < stale
+        except FileNotFoundError:  # its writer finished or another save removed it
+            continue
+        if old and pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def stable(file: Path, read: Callable[[], T]) -> T:
+    """``read()``, which opens ``file`` more than once, retried until ``file`` stayed the same
+    file throughout: a save (an atomic rename) landing between two opens would otherwise mix
+    one checkpoint's document with another's tensors, a model that was never saved."""
+    if not file.is_file():
+        raise CheckpointError(file, "no such checkpoint file")
+    for _ in range(READ_ATTEMPTS):
+        try:
+            fh = open(file, "rb")  # noqa: SIM115 (closed below)
+        except OSError as e:
+            raise CheckpointError(file, f"cannot open it ({e})") from e
+        with fh:  # held open, so no new file can get its inode number meanwhile
+            before = _identity(os.fstat(fh.fileno()))
+            try:
+                result = read()
+            except CheckpointError:
+                if _unchanged(file, before):
+                    raise
+                continue  # the error may come from the mix: read again
+            if _unchanged(file, before):
+                return result
+    raise CheckpointError(
+        file,
+        f"it changed while being read, {READ_ATTEMPTS} times in a row: another process keeps "
+        "saving to it; read it once that is done",
+    )
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _unchanged(file: Path, before: tuple[int, ...]) -> bool:
+    try:
+        return _identity(os.stat(file)) == before
+    except OSError:
+        return False

@@ -1,0 +1,201 @@
+"""Writing checkpoints: ``save`` (a model and its architecture) and ``save_tensors``.
+
+``save`` writes ``model.safetensors`` (the checkpoint: tensors plus the resolved
+config, format version, ties, library versions and digests in its metadata) and
+``config.yaml`` (a copy of the config for people, written first). Both writes are
+atomic. Only tensors and JSON are written: no Python object is ever pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from .._config import normalize
+from .._record import record_of
+from ..errors import CheckpointError, ModelFactoryError
+from ..tie import check_ties
+from . import _format as fmt
+from . import _state
+from ._atomic import atomic_write
+
+__all__ = ["save", "save_tensors"]
+
+Pathish = str | os.PathLike
+
+
+def save(model: nn.Module, path: Pathish, *, cfg: Any = None) -> Path:
+    """Save ``model`` with its architecture, atomically.
+
+    Args:
+        model: a model made by :func:`modelfactory.build` (it carries its config), or any
+            model together with ``cfg``.
+        path: a directory (gets ``model.safetensors`` and ``config.yaml``), or a file name
+            ending in ``.safetensors`` (the file alone; its embedded config suffices).
+        cfg: the config that builds ``model``'s architecture; defaults to the one ``build``
+            recorded (:func:`modelfactory.config_of`).
+
+    Returns:
+        The ``.safetensors`` file written.
+
+    Raises:
+        CheckpointError: no config, a config that is not plain data, lazy layers not
+            materialized, broken ties, a model that no longer matches its config, or a
+            ``path`` that is an existing file not named ``*.safetensors``.
+    """
+    path = Path(path)
+    file = _target_file(path)
+    config = _config_for(model, cfg, file)
+    _check_materialized(model, file)
+    tensors, nonpersistent = _state.collect(model)
+    config = _state.with_dtype(config, tensors)
+    ties = _check_matches_config(model, config, tensors, nonpersistent, file)
+    try:
+        stored, aliases = fmt.dedupe(tensors)
+    except ValueError as e:
+        raise CheckpointError(file, f"cannot save: {e}") from e
+    doc = {
+        "kind": "model",
+        "config": config,
+        "ties": [[kind, names] for kind, names in ties],
+        "aliases": aliases,
+        "nonpersistent": nonpersistent,
+        "eval": _state.eval_modules(model),
+        "versions": fmt.versions(),
+    }
+    make_parent(file)
+    if file.name == fmt.MODEL_FILE and file.parent == path:
+        doc["config_yaml_sha256"] = _write_config_copy(path / fmt.CONFIG_FILE, config)
+    fmt.write(file, stored, doc)
+    return file
+
+
+def _target_file(path: Path) -> Path:
+    """The ``.safetensors`` file a save to ``path`` writes."""
+    file = path if path.suffix == ".safetensors" else path / fmt.MODEL_FILE
+    if file != path and path.exists() and not path.is_dir():
+        raise CheckpointError(
+            path,
+            "exists and is not a directory; save to a directory (it gets model.safetensors "
+            "and config.yaml) or to a file name ending in .safetensors",
+        )
+    return file
+
+
+def _config_for(model: nn.Module, cfg: Any, file: Path) -> dict[str, Any]:
+    """The resolved full config to store: ``cfg``, or the one the model's record holds."""
+    if cfg is None:
+        record = record_of(model)
+        if record is None:
+            raise CheckpointError(
+                file,
+                f"this {type(model).__name__} was not made by modelfactory.build, so its "
+                "architecture is unknown; pass cfg= (the config that builds it)",
+            )
+        cfg = record.config
+    config = normalize(cfg).resolved
+    _state.check_plain(config, file)
+    return config
+
+
+def _check_materialized(model: nn.Module, file: Path) -> None:
+    lazy = _state.lazy_names(model)
+    if lazy:
+        raise CheckpointError(
+            file,
+            f"lazy layers are not materialized ({', '.join(lazy[:5])}): their shapes are not "
+            "known yet; build with input_shape set (or run one forward) before saving",
+        )
+
+
+def _check_matches_config(
+    model: nn.Module,
+    config: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    nonpersistent: list[str],
+    file: Path,
+) -> list[tuple[str, list[str]]]:
+    """The config must still build this model (names, shapes, dtypes, ties); returns the
+    resolved ties."""
+    skeleton = _state.skeleton(config, {k: t.shape for k, t in tensors.items()}, file)
+    problems = _state.mismatches(
+        _state.expected(skeleton, nonpersistent),
+        _state.signature(tensors),
+        found_in="the model",
+        expected_in="its config",
+    )
+    if problems:
+        raise CheckpointError(
+            file,
+            "the model no longer matches the config it was built from; pass cfg= describing "
+            "it:\n  " + "\n  ".join(problems),
+        )
+    ties = record_of(skeleton).ties
+    try:
+        check_ties(model, ties)
+    except ModelFactoryError as e:
+        raise CheckpointError(file, f"cannot save: {e}") from e
+    return ties
+
+
+def _write_config_copy(copy: Path, config: dict[str, Any]) -> str:
+    """Write ``config.yaml`` (a copy for people); returns its SHA-256, which lets load skip
+    parsing an untouched copy."""
+    text = "# A copy for people: the config embedded in model.safetensors is the authority.\n"
+    text += yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
+    atomic_write(copy, lambda tmp: tmp.write_text(text))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def save_tensors(obj: torch.Tensor | list | tuple | dict, path: Pathish) -> Path:
+    """Save a tensor, a list/tuple of tensors or a dict str -> tensor, atomically.
+
+    Args:
+        obj: what to save; :func:`modelfactory.load_tensors` gives back the same container.
+        path: the ``.safetensors`` file to write.
+
+    Returns:
+        The file written.
+
+    Raises:
+        CheckpointError: ``obj`` is not one of those containers of tensors.
+    """
+    path = Path(path)
+    if isinstance(obj, torch.Tensor):
+        container, named = "tensor", {"tensor": obj}
+    elif isinstance(obj, (list, tuple)):
+        container, named = type(obj).__name__, {str(i): t for i, t in enumerate(obj)}
+    elif isinstance(obj, dict):
+        container, named = "dict", dict(obj)
+    else:
+        raise CheckpointError(
+            path, f"expected a tensor, a list or a dict of tensors, got {type(obj).__name__}"
+        )
+    bad = [k for k, t in named.items() if not isinstance(k, str) or not isinstance(t, torch.Tensor)]
+    if bad:
+        raise CheckpointError(
+            path,
+            f"every entry must be a tensor under a string key; not: {', '.join(map(repr, bad))}",
+        )
+    try:
+        stored, aliases = fmt.dedupe(named)
+    except ValueError as e:
+        raise CheckpointError(path, f"cannot save: {e}") from e
+    doc = {"kind": "tensors", "container": container, "keys": list(named), "aliases": aliases}
+    make_parent(path)
+    fmt.write(path, stored, {**doc, "versions": fmt.versions()})
+    return path
+
+
+def make_parent(file: Path) -> None:
+    """Create ``file``'s directory, or raise a ``CheckpointError`` naming it."""
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a path component is a file, or no permission
+        raise CheckpointError(file, f"cannot create its directory ({e})") from e
