@@ -56,3 +56,12 @@ def composed():
 
 def frozen(cfg: Any) -> Any:
     return copy.deepcopy(cfg)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """An mlp checkpoint: ``model.safetensors`` in a directory with its ``config.yaml``."""
+    import modelfactory as mf
+
+    mf.save(mf.build(compose(["model=mlp"])), tmp_path / "m")
+    return tmp_path / "m" / "model.safetensors"

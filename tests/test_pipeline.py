@@ -157,3 +157,13 @@ def test_a_fresh_load_imports_neither_dynamo_sympy_hydra_nor_omegaconf(tmp_path:
         timeout=120,
     )
     assert json.loads(out.stdout) == {"loaded": [], "tied": True}
+
+
+def test_build_options_make_a_user_block_take_a_factory() -> None:
+    def tower(depth: int) -> dict:
+        return {"_target_": "tests.user_blocks.Tower", "depth": depth, "layer": lin(4, 4)}
+
+    two, three = mf.build(tower(2)), mf.build(tower(3))
+    assert len(three) == 3 and two[0].weight is not two[1].weight
+    for i in range(2):  # growing the tower keeps the layers it had
+        assert torch.equal(two[i].weight, three[i].weight)

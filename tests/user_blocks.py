@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
+
+from modelfactory.blocks import build_options
 
 
 def noisy_(tensor: torch.Tensor, std: float = 1.0) -> torch.Tensor:
@@ -29,3 +33,11 @@ class Flexible(nn.Module):
     def __init__(self, width: int, **options: object) -> None:
         super().__init__()
         self.width, self.options = width, options
+
+
+@build_options(factories=("layer",), stream_ignore=("depth",), draws=False)
+class Tower(nn.Sequential):
+    """The README's example of a block that receives a factory."""
+
+    def __init__(self, depth: int, layer: Callable[[int], nn.Module]) -> None:
+        super().__init__(*(layer(i) for i in range(depth)))

@@ -1,0 +1,59 @@
+"""Shared by the checkpoint tests: building a shipped model, comparing two models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import modelfactory as mf
+from modelfactory._config import normalize
+from modelfactory._sample import sample_input
+from modelfactory.checkpoint import _format as fmt
+from modelfactory.configs import compose
+
+
+def sample_of(model: nn.Module) -> torch.Tensor:
+    bc = normalize(mf.config_of(model))
+    x = sample_input(bc, torch.device("cpu"))
+    if x.is_floating_point():
+        x = x.to(next(model.parameters()).dtype)
+    return x
+
+
+def assert_same(a: nn.Module, b: nn.Module) -> None:
+    """Same classes, tensors (bit for bit, same dtype), modes and outputs."""
+    assert [type(m) for m in a.modules()] == [type(m) for m in b.modules()]
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype, k
+        assert torch.equal(sa[k], sb[k]), k
+    assert [m.training for m in a.modules()] == [m.training for m in b.modules()]
+    x = sample_of(a)
+    with torch.no_grad():
+        ya, yb = a(x), b(x)
+    assert ya.dtype == yb.dtype
+    assert torch.equal(ya, yb)
+
+
+def build_model(name: str, **kw: Any) -> nn.Module:
+    return mf.build(compose([f"model={name}"]), **kw)
+
+
+def header_of(file: Path) -> dict[str, Any]:
+    data = file.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + n])["__metadata__"]
+
+
+def rewrite_doc(file: Path, drop: tuple[str, ...] = (), **doc_changes: Any) -> None:
+    """Rewrite a checkpoint with a changed document (digests recomputed)."""
+    doc = json.loads(header_of(file)["modelfactory"])
+    tensors = {k: v.clone() for k, v in fmt.read_tensors(file).items() if k not in drop}
+    keep = {k: v for k, v in doc.items() if k not in ("format_version", "tensors", "digest")}
+    fmt.write(file, tensors, {**keep, **doc_changes})
+    file.with_name("config.yaml").unlink(missing_ok=True)
