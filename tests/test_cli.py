@@ -217,8 +217,10 @@ def test_progress_counts_finished_jobs_and_is_silent_off_a_terminal(tmp_path: Pa
             (tmp_path / str(i) / marker).write_text("{}")
     stream = io.StringIO()  # not a TTY
     p = SweepProgress(tmp_path, 3, (job.METRICS_FILE, job.ERROR_FILE), stream=stream)
-    assert p._render().startswith("sweep: 2/3 jobs done")
+    assert p.done() == 2
+    stdout = sys.stdout
     p.start()
+    assert sys.stdout is stdout  # nothing drawn, so stdout is left alone
     p.stop()
     assert stream.getvalue() == ""
 
