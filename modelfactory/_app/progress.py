@@ -1,9 +1,8 @@
-"""Terminal progress: a spinner for long loads/saves, tqdm bars for sweep jobs and training.
+"""Terminal progress: a spinner for long loads/saves, bars for sweep jobs and training steps.
 
-All of them draw on stderr only when it is a terminal, and draw nothing at all otherwise
-(logs, CI, pipes, tests stay clean). The spinner redraws one line in place (``\\r``) from a
-daemon thread; the bars are tqdm's, and while the jobs bar is shown the console's log lines
-are printed above it (see :class:`SweepProgress`).
+All are tqdm displays on stderr, drawn only when it is a terminal and not at all otherwise
+(logs, CI, pipes, tests stay clean). tqdm stacks them on their own lines; while the jobs
+bar is shown the console's log lines print above the bars (see :class:`SweepProgress`).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import io
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
@@ -34,62 +33,39 @@ def is_tty(stream: TextIO | None = None) -> bool:
         return False
 
 
-class _Ticker:
-    """Redraw ``render()`` every ``interval`` seconds after ``delay``, in a daemon thread."""
+class Spinner:
+    """``with Spinner("saving ckpt/"):`` shows ``saving ckpt/ | 1.3s`` if it takes > ``delay``.
 
-    def __init__(
-        self, render: Callable[[], str], delay: float, interval: float, stream: TextIO | None
-    ) -> None:
-        self._render, self._delay, self._interval = render, delay, interval
+    Drawn as a one-line tqdm display, so it takes its own line below any bars and log lines
+    print above it.
+    """
+
+    def __init__(self, label: str, delay: float = 0.5, stream: TextIO | None = None) -> None:
+        self.label = label
         self._stream = stream or sys.stderr
+        self._delay = delay
+        self._t0 = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._drawn = False
 
-    def start(self) -> None:
-        if is_tty(self._stream):
-            self._thread = threading.Thread(target=self._loop, daemon=True)
-            self._thread.start()
+    def _render(self, n: int) -> str:
+        return f"{self.label} {_FRAMES[n % 4]} {time.perf_counter() - self._t0:.1f}s"
 
     def _loop(self) -> None:
         if self._stop.wait(self._delay):
             return
-        while not self._stop.is_set():
-            self._draw(self._render())
-            self._stop.wait(self._interval)
-
-    def _draw(self, text: str) -> None:
-        # \r first so a log line printed meanwhile is not glued to the counter;
-        # \r last so the next log line overwrites the counter instead of following it.
-        self._stream.write(f"\r\x1b[K{text}\r")
-        self._stream.flush()
-        self._drawn = True
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            if self._drawn:
-                self._stream.write("\r\x1b[K")
-                self._stream.flush()
-
-
-class Spinner:
-    """``with Spinner("saving ckpt/"):`` shows ``saving ckpt/ | 1.3s`` if it takes > ``delay``."""
-
-    def __init__(self, label: str, delay: float = 0.5, stream: TextIO | None = None) -> None:
-        self.label = label
-        self._t0 = 0.0
-        self._n = 0
-        self._ticker = _Ticker(self._render, delay, 0.1, stream)
-
-    def _render(self) -> str:
-        self._n += 1
-        return f"{self.label} {_FRAMES[self._n % 4]} {time.perf_counter() - self._t0:.1f}s"
+        line = tqdm(bar_format="{desc}", leave=False, file=self._stream, desc=self._render(0))
+        n = 0
+        while not self._stop.wait(0.1):
+            n += 1
+            line.set_description_str(self._render(n))
+        line.close()
 
     def __enter__(self) -> Spinner:
         self._t0 = time.perf_counter()
-        self._ticker.start()
+        if is_tty(self._stream):
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
         return self
 
     def __exit__(
@@ -98,7 +74,9 @@ class Spinner:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._ticker.stop()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def count_done(sweep_dir: Path, markers: tuple[str, ...]) -> int:
@@ -111,20 +89,30 @@ def count_done(sweep_dir: Path, markers: tuple[str, ...]) -> int:
 
 
 class _AboveBars(io.TextIOBase):
-    """Stands in for ``sys.stdout`` while bars are drawn: each write clears the bars of
-    ``bars`` first and redraws them after, so log lines never land inside a bar."""
+    """Stands in for ``sys.stdout`` while bars are drawn: whole lines are written with the
+    bars of ``bars`` cleared first and redrawn after, so log lines never land in a bar."""
 
     def __init__(self, out: TextIO, bars: TextIO) -> None:
         self._out, self._bars = out, bars
+        self._pending = ""  # a line not finished yet: a redrawn bar would overwrite it
 
     def write(self, s: str) -> int:
-        with tqdm.external_write_mode(file=self._bars):
-            n = self._out.write(s)
-            self._out.flush()
-        return n
+        head, newline, self._pending = (self._pending + s).rpartition("\n")
+        if newline:
+            with tqdm.external_write_mode(file=self._bars):
+                self._out.write(head + newline)
+                self._out.flush()
+        return len(s)
 
     def flush(self) -> None:
         self._out.flush()
+
+    def close_line(self) -> None:
+        """Write what is left of an unfinished line (the bars are gone by then)."""
+        if self._pending:
+            self._out.write(self._pending)
+            self._out.flush()
+            self._pending = ""
 
     def isatty(self) -> bool:
         return is_tty(self._out)
@@ -153,6 +141,7 @@ class SweepProgress:
         self._stream = stream or sys.stderr
         self._bar: Any = None
         self._stdout: TextIO | None = None
+        self._proxy: _AboveBars | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -165,7 +154,8 @@ class SweepProgress:
         if not is_tty(self._stream):
             return
         self._bar = tqdm(total=self.total, desc="sweep", unit="job", leave=False, file=self._stream)
-        self._stdout, sys.stdout = sys.stdout, _AboveBars(sys.stdout, self._stream)
+        self._proxy = _AboveBars(sys.stdout, self._stream)
+        self._stdout, sys.stdout = sys.stdout, self._proxy
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
 
@@ -181,7 +171,8 @@ class SweepProgress:
         if self._thread is not None:
             self._thread.join()
             self._bar.close()
-        if self._stdout is not None:
+        if self._stdout is not None and self._proxy is not None:
+            self._proxy.close_line()
             sys.stdout, self._stdout = self._stdout, None
 
 
