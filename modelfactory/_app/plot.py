@@ -16,7 +16,7 @@ from typing import Any
 
 from .report import JobResult, describe_sweep
 
-__all__ = ["coord_modules", "draw", "width_key"]
+__all__ = ["coord_modules", "draw", "figure", "width_key"]
 
 _STYLES = ["-", "--", ":", "-."]
 _MAX_COORD = 4  # modules in the coordinate check
@@ -52,14 +52,15 @@ def coord_modules(jobs: list[JobResult], n: int = _MAX_COORD) -> list[str]:
 
 
 def _styles(
-    jobs: list[JobResult], varying: list[str], key: str | None, plt: Any
+    jobs: list[JobResult], varying: list[str], key: str | None
 ) -> dict[int, dict[str, Any]]:
     """Colour = init; shade = the width (light = narrow) when the sweep varies one; line
     style = the other settings that vary (seed 0 solid, seed 1 dashed, ...)."""
+    from matplotlib import colormaps
     from matplotlib.colors import to_rgb
 
     inits = sorted({j.init for j in jobs})
-    colours = {name: to_rgb(plt.get_cmap("tab10")(i % 10)) for i, name in enumerate(inits)}
+    colours = {name: to_rgb(colormaps["tab10"](i % 10)) for i, name in enumerate(inits)}
     widths = sorted({_number(j.params.get(key)) for j in jobs}) if key else []
     others = [k for k in varying if k not in ("init", key)]
     combos = list(dict.fromkeys(tuple(j.params.get(k) for k in others) for j in jobs))
@@ -245,25 +246,24 @@ def _title(jobs: list[JobResult], title: str) -> str:
     return f"{head}   {len(jobs)} jobs{over}{tail}".strip()
 
 
-def draw(jobs: list[JobResult], path: Path, title: str = "") -> Path:
-    """Write the sweep's picture to ``path`` (see the module docstring)."""
-    import matplotlib
+def figure(jobs: list[JobResult], title: str = "") -> Any:
+    """The sweep's picture as a matplotlib ``Figure`` (see the module docstring).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    A ``Figure`` made directly, not through ``pyplot``: no global figure state, no display.
+    """
+    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     ran = [j for j in jobs if j.ok]
     _, varying = describe_sweep(jobs)
     trained = [j for j in ran if j.train]
-    styles = _styles(ran, varying, width_key(trained, varying) if trained else None, plt)
-    fig = plt.figure(figsize=(19, 7.5) if trained else (14, 6.5), layout="constrained")
+    styles = _styles(ran, varying, width_key(trained, varying) if trained else None)
+    fig = Figure(figsize=(19, 7.5) if trained else (14, 6.5), layout="constrained")
     if trained:
         left, mid, right = fig.subfigures(1, 3, width_ratios=[1, 1.2, 1.2])
         _loss_panel(left.subplots(), trained, styles)
         _coord_panel(mid, trained, styles, varying)
-        if ran:
-            _depth_panel(right.subplots(), ran, styles)
+        _depth_panel(right.subplots(), ran, styles)
     else:
         ax_a, ax_w = fig.subplots(1, 2, width_ratios=[3, 2])
         if ran:
@@ -281,6 +281,10 @@ def draw(jobs: list[JobResult], path: Path, title: str = "") -> Path:
             frameon=False,
         )
     fig.suptitle(_title(jobs, title), fontsize=12)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return fig
+
+
+def draw(jobs: list[JobResult], path: Path, title: str = "") -> Path:
+    """Write the sweep's picture (:func:`figure`) to ``path`` as a PNG."""
+    figure(jobs, title).savefig(path, dpi=90)
     return path
