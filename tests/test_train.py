@@ -22,9 +22,16 @@ def tc(**kw: Any) -> TrainConfig:
     return parse_train({**base, **kw})
 
 
+def sample(shape: list[int], dtype: str = "float32") -> torch.Tensor:
+    """A sample input as the app makes one: U(0, 1) floats, or zeros for token ids."""
+    if dtype != "float32":
+        return torch.zeros(shape, dtype=torch.long)
+    return torch.rand(shape, generator=torch.Generator().manual_seed(0))
+
+
 def run(cfg: dict[str, Any], t: TrainConfig, seed: int = 0) -> dict[str, Any]:
     model = mf.build({**cfg, "seed": seed})
-    return train(model, t, seed, cfg["input_shape"], cfg.get("input_dtype", "float32"))
+    return train(model, t, seed, sample(cfg["input_shape"], cfg.get("input_dtype", "float32")))
 
 
 def bits(xs: list[float | None]) -> list[bytes | None]:
@@ -70,9 +77,10 @@ def test_the_task_is_fixed_by_data_seed_not_by_the_job_seed(mlp_cfg) -> None:
 def test_coordinate_check_names_modules_once_in_forward_order(composed) -> None:
     cfg = composed(["model=gpt_small"])
     model = mf.build(cfg)
-    record = train(model, tc(task="lm", steps=2, batch_size=2), 0, [2, 16], "long")
+    record = train(model, tc(task="lm", steps=2, batch_size=2), 0, sample([2, 16], "long"))
     coord = record["coord"]
     assert record["task"] == "lm" and coord["steps"] == [0, 1, 2]
+    assert record["loss"][0] > record["loss"][1] > record["loss"][2]  # it learns the text
     assert coord["modules"][0] == "embed.tok" and coord["modules"][-1] == "head"
     # a Residual's output is new (the residual stream); a Sequential returns its last child's
     assert "blocks.0.attn" in coord["modules"] and "blocks.0" not in coord["modules"]
@@ -83,7 +91,7 @@ def test_coordinate_check_names_modules_once_in_forward_order(composed) -> None:
 def test_a_shared_module_is_counted_per_call(composed) -> None:
     model = mf.build(composed(["model=shared_mlp"]))
     assert model[2] is model[4]
-    record = train(model, tc(steps=1), 0, [2, 4], "float32")
+    record = train(model, tc(steps=1), 0, sample([2, 4]))
     assert "2" in record["coord"]["modules"] and "2#2" in record["coord"]["modules"]
 
 
@@ -102,9 +110,7 @@ def test_divergence_stops_and_is_recorded_not_raised(mlp_cfg) -> None:
 
 def test_image_task_trains_the_resnet(composed) -> None:
     cfg = composed(["model=resnet"])
-    record = train(
-        mf.build(cfg), tc(task="auto", steps=1, batch_size=4), 0, [2, 3, 32, 32], "float32"
-    )
+    record = train(mf.build(cfg), tc(task="auto", steps=1, batch_size=4), 0, sample([2, 3, 32, 32]))
     assert record["task"] == "image" and len(record["loss"]) == 2
     assert record["loss"][0] == pytest.approx(math.log(10), rel=0.5)  # 10 classes, near chance
 
@@ -133,8 +139,9 @@ def test_gratings_are_labelled_by_orientation() -> None:
 def test_a_task_that_does_not_fit_the_model_names_train_task(model, task, message) -> None:
     long = task == "lm" and model["layers"][0]["_target_"].endswith("Embedding")
     cfg = {"model": model, "input_shape": [2, 5] if long else [2, 20]}
+    x = sample(cfg["input_shape"], "long" if long else "float32")
     with pytest.raises(ConfigError, match=r"train\.task") as e:
-        train(mf.build(cfg), tc(task=task), 0, cfg["input_shape"], "long" if long else "float32")
+        train(mf.build(cfg), tc(task=task), 0, x)
     assert message in str(e.value)
 
 

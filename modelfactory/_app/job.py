@@ -182,15 +182,17 @@ def build_job(cfg: Any, out_dir: Path) -> dict[str, Any]:
     if x is not None:
         metrics.update(mf.init_report(model, x))
     if tc is not None:
-        metrics["train"] = _train(model, tc, normalize(plain))
+        metrics["train"] = _train(model, tc, int(plain.get("seed", 0)), x)
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
     log.info("checkpoint and %s written to %s", METRICS_FILE, out_dir)
     return metrics
 
 
-def _train(model: nn.Module, tc: training.TrainConfig, bc: Any) -> dict[str, Any]:
+def _train(
+    model: nn.Module, tc: training.TrainConfig, seed: int, sample: torch.Tensor
+) -> dict[str, Any]:
     with step_bar(tc.steps + 1, f"train={tc.task}", in_sweep=_in_sweep()) as bar:
-        record = training.train(model, tc, bc.seed, bc.input_shape, bc.input_dtype, bar)
+        record = training.train(model, tc, seed, sample, bar)
     losses = record["loss"]
     if record["diverged"]:
         d = record["diverged"]

@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..device import parse_dtype
 from ..errors import ConfigError
 from . import tasks
 
@@ -157,8 +156,7 @@ def train(
     model: nn.Module,
     tc: TrainConfig,
     seed: int,
-    input_shape: list[int],
-    input_dtype: str,
+    sample: torch.Tensor,
     progress: Any = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place for ``tc.steps`` steps; return the ``train`` record of metrics.json.
@@ -167,8 +165,9 @@ def train(
         model: a built model with values (not on ``meta``).
         tc: what :func:`parse_train` returned.
         seed: the job's seed (batches and dropout).
-        input_shape: the config's ``input_shape`` (the batch size is ``tc.batch_size``).
-        input_dtype: the config's ``input_dtype``.
+        sample: the job's sample input (the checksum's): its shape and dtype say what the
+            model reads (batches have ``tc.batch_size`` rows instead), and the model's
+            output on it fits the task to the model.
         progress: an optional ``tqdm``-like bar, advanced once per step.
 
     Returns:
@@ -179,15 +178,14 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError([("train", "the model has no trainable parameters")])
-    device = params[0].device
-    dtype = parse_dtype(input_dtype, "input_dtype")
+    device = sample.device
     gen = torch.Generator().manual_seed(int(seed))
     losses: list[float | None] = []
     diverged = None
     was_training = model.training
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(int(seed))
-        task = _probe_task(model, tc, input_shape, dtype, device)
+        task = _probe_task(model, tc, sample)
         opt = OPTIMIZERS[tc.optimizer](params, lr=tc.lr)
         k = tc.steps if tc.coord_steps is None else min(tc.coord_steps, tc.steps)
         model.train()
@@ -221,30 +219,17 @@ def train(
     }
 
 
-def _probe_task(
-    model: nn.Module, tc: TrainConfig, input_shape: list[int], dtype: torch.dtype, device: Any
-) -> tasks.Task:
-    """The task, fitted to the model's output shape (one forward in eval mode, no grad)."""
-    gen = torch.Generator().manual_seed(0)
-    shape = list(input_shape)
-    if dtype.is_floating_point:
-        x = torch.randn(shape, generator=gen, dtype=torch.float32).to(first_dtype(model))
-    else:
-        x = torch.zeros(shape, dtype=dtype)
+def _probe_task(model: nn.Module, tc: TrainConfig, sample: torch.Tensor) -> tasks.Task:
+    """The task, fitted to the model's output on ``sample`` (one forward in eval mode, no grad)."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(x.to(device))
+            out = model(sample)
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor):
         raise ConfigError(
             [("train.task", f"needs a model that returns one tensor, got {type(out)}")]
         )
-    return tasks.make_task(tc.task, shape, dtype, out, tc.data_seed)
-
-
-def first_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype of the model's first floating-point parameter (float32 if there is none)."""
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return tasks.make_task(tc.task, list(sample.shape), sample.dtype, out, tc.data_seed)
