@@ -120,6 +120,7 @@ def _loss_panel(ax: Any, jobs: list[JobResult], styles: dict[int, dict[str, Any]
     how = f"{t['task']}, {t['optimizer']} lr={t['lr']:g}, batch {t['batch_size']}" if same else ""
     ax.set_title(f"training loss ({how})" if how else "training loss", fontsize=10)
     ax.set(xlabel="step (updates done)", ylabel="loss")
+    _integer_x(ax)
     ax.grid(True, which="both", alpha=0.3)
 
 
@@ -138,6 +139,7 @@ def _coord_panel(
                 c = j.train["coord"]
                 ys = [math.nan if v is None else v for v in c["mean_abs"][module]]
                 ax.plot(c["steps"], ys, **styles[j.num])
+            _integer_x(ax)
         else:
             _by_width(ax, jobs, styles, module, key, last)
         kind = jobs[0].train["coord"].get("types", {}).get(module)
@@ -164,6 +166,8 @@ def _by_width(
     last: int,
 ) -> None:
     """One line per group of jobs that differ only in ``key`` (seeds averaged)."""
+    from matplotlib.ticker import NullLocator
+
     groups: dict[tuple[str, ...], list[JobResult]] = {}
     for j in jobs:
         rest = tuple(
@@ -185,6 +189,16 @@ def _by_width(
                 ys.append(sum(vals) / len(vals) if vals else math.nan)
             ax.plot(widths, ys, marker="o", ms=3, **{**style, **extra})
     ax.set_xscale("log", base=2)
+    all_widths = sorted({_number(j.params[key]) for j in jobs})
+    ax.set_xticks(all_widths, [f"{w:g}" for w in all_widths], minor=False)  # not 2^k
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def _integer_x(ax: Any) -> None:
+    """Steps are whole numbers: no ticks at 2.5."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _depth_panel(ax: Any, jobs: list[JobResult], styles: dict[int, dict[str, Any]]) -> None:
