@@ -198,7 +198,7 @@ def _integer_x(ax: Any) -> None:
     """Steps are whole numbers: no ticks at 2.5."""
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
 
 
 def _depth_panel(ax: Any, jobs: list[JobResult], styles: dict[int, dict[str, Any]]) -> None:
