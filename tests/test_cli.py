@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 import torch
 
 import modelfactory as mf
-from modelfactory._app import job, report
+from modelfactory._app import job, plot, report
 from modelfactory._app.progress import SweepProgress
 
 DOCS = Path(__file__).resolve().parent.parent / "README.md"
@@ -167,6 +168,8 @@ def test_sweep_with_failed_jobs_reports_the_others_and_names_the_failures(tmp_pa
         ("+seeed=3", "seeed", 2),  # a typo added with + must not pass silently
         ("model.layers.0.out_features=abc", "model.layers.0.out_features", 2),  # a wrong type
         ("model=lazy_mlp input_shape=null", "lazy layers are not materialized", 1),
+        ("train=teacher train.lr=-1", "train.lr", 2),  # a training setting, checked first
+        ("train.steps=5", "train.steps", 2),  # no train= group chosen: nothing to set
     ],
 )
 def test_bad_config_is_one_paragraph_naming_the_key(
@@ -218,8 +221,10 @@ def test_progress_counts_finished_jobs_and_is_silent_off_a_terminal(tmp_path: Pa
             (tmp_path / str(i) / marker).write_text("{}")
     stream = io.StringIO()  # not a TTY
     p = SweepProgress(tmp_path, 3, (job.METRICS_FILE, job.ERROR_FILE), stream=stream)
-    assert p._render().startswith("sweep: 2/3 jobs done")
+    assert p.done() == 2
+    stdout = sys.stdout
     p.start()
+    assert sys.stdout is stdout  # nothing drawn, so stdout is left alone
     p.stop()
     assert stream.getvalue() == ""
 
@@ -237,3 +242,121 @@ def test_meta_device_builds_a_skeleton_without_checksum_or_checkpoint(tmp_path: 
     out = r.stdout + r.stderr
     assert "checksum: none" in out and "no checkpoint" in out
     assert not (tmp_path / "outputs/meta/model.safetensors").exists()
+
+
+TRAIN_SWEEP = [*SWEEP, "train=teacher", "train.steps=4"]
+
+
+@pytest.fixture(scope="module")
+def train_sweep(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess]:
+    cwd = tmp_path_factory.mktemp("train")
+    return cwd / "outputs/sweep", run(cwd, "-m", *TRAIN_SWEEP, "hydra.sweep.dir=outputs/sweep")
+
+
+def test_sweep_2x2_with_training_writes_loss_curves_and_the_final_loss(train_sweep) -> None:
+    sweep_dir, r = train_sweep
+    assert r.returncode == 0, r.stderr
+    rows = sweep_rows(sweep_dir)
+    assert [row["status"] for row in rows] == ["ok"] * 4
+    for row in rows:
+        t = json.loads((sweep_dir / row["job"] / job.METRICS_FILE).read_text())["train"]
+        assert len(t["loss"]) == 5 and t["coord"]["steps"] == [0, 1, 2, 3, 4]
+        assert float(row["final_loss"]) == t["final_loss"] == t["loss"][-1]
+        assert set(t["coord"]["mean_abs"]) == set(t["coord"]["modules"]) >= {"0.0", "3.3"}
+    # the printed table ranks the jobs by final loss
+    table = r.stdout[r.stdout.index("sweep report") :].splitlines()[3:7]
+    by_loss = sorted(rows, key=lambda row: float(row["final_loss"]))
+    assert [line.split()[1] for line in table] == [row["job"] for row in by_loss]
+    assert (sweep_dir / "sweep.png").stat().st_size > 10_000
+    assert "\r" not in r.stderr  # not a terminal: no bars
+
+
+def test_training_is_bit_reproducible_from_the_config_alone(train_sweep) -> None:
+    from modelfactory._app.train import parse_train, train
+    from modelfactory.configs import compose
+
+    sweep_dir, _ = train_sweep
+    want = json.loads((sweep_dir / "3" / job.METRICS_FILE).read_text())["train"]
+    overrides = [o for o in TRAIN_SWEEP if "," not in o] + ["init=xavier", "seed=1"]
+    cfg = compose(overrides, config_name="app")
+    model = mf.build(job.build_config(cfg))
+    x, _ = job.sample_output(model, job.build_config(cfg))
+    got = train(model, parse_train(dict(cfg.train)), 1, x)
+    assert [struct.pack("<d", v) for v in got["loss"]] == [
+        struct.pack("<d", v) for v in want["loss"]
+    ]
+    assert got["coord"] == want["coord"]
+
+
+def test_the_checkpoint_of_a_training_job_is_the_model_at_init(train_sweep) -> None:
+    sweep_dir, _ = train_sweep
+    metrics = json.loads((sweep_dir / "0" / job.METRICS_FILE).read_text())
+    assert job.restore_job(str(sweep_dir / "0"))["sha256"] == metrics["checksum"]["sha256"]
+    restored = mf.load(sweep_dir / "0")
+    fresh = mf.build(str(sweep_dir / "0" / "config.yaml"))  # built again: not trained
+    for (name, a), (_, b) in zip(
+        restored.state_dict().items(), fresh.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_a_diverging_job_is_reported_and_the_sweep_succeeds(tmp_path: Path) -> None:
+    # a token model: train=lm reads the text that ships with the installed package
+    r = run(
+        tmp_path,
+        "-m",
+        "model=gpt_small",
+        "train=lm",
+        "train.optimizer=sgd",
+        "train.lr=0.1,1e6",
+        "train.steps=4",
+        "hydra.sweep.dir=outputs/s",
+    )
+    assert r.returncode == 0, r.stderr
+    rows = sweep_rows(tmp_path / "outputs/s")
+    assert [row["status"] for row in rows] == ["ok", "diverged"]
+    ok = json.loads((tmp_path / "outputs/s/0" / job.METRICS_FILE).read_text())["train"]
+    assert ok["task"] == "lm" and float(rows[0]["final_loss"]) == ok["loss"][-1] < ok["loss"][0]
+    assert rows[1]["final_loss"] in ("nan", "inf")
+    assert re.search(r"job 1 \(.*train.lr=1000000.0.*\) diverged: loss (nan|inf) at step", r.stdout)
+    assert (tmp_path / "outputs/s/sweep.png").stat().st_size > 10_000
+
+
+def test_train_none_leaves_the_job_files_as_they_were(main_run) -> None:
+    cwd, _ = main_run
+    run_dir = cwd / "outputs/rgnet"
+    assert set(json.loads((run_dir / job.METRICS_FILE).read_text())) == {
+        "checksum",
+        "weights",
+        "activations",
+    }
+    assert {p.name for p in run_dir.iterdir()} == {
+        ".hydra",
+        "config.yaml",
+        "metrics.json",
+        "model.safetensors",
+        "modelfactory.log",
+        "summary.txt",
+    }
+
+
+def test_documented_width_sweep_plots_the_coordinate_check_vs_the_width(tmp_path: Path) -> None:
+    examples = DOCS.parent / "docs/examples"
+    r = run(
+        tmp_path,
+        "-m",
+        "--config-dir",
+        str(examples),
+        "model=wide_mlp",
+        "train=teacher",
+        "train.steps=2",
+        "block.layers.fc.out_features=16,32",
+        "hydra.sweep.dir=outputs/w",
+    )
+    assert r.returncode == 0, r.stderr
+    jobs = report.collect(tmp_path / "outputs/w")
+    _, varying = report.describe_sweep(jobs)
+    assert plot.width_key(jobs, varying) == "block.layers.fc.out_features"
+    assert "--config-dir docs/examples model=wide_mlp" in DOCS.read_text()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ class SweepReport(Callback):
         self.csv, self.png, self.progress = csv, png, progress
         self._progress: SweepProgress | None = None
         self._total: int | None = None
+        self._t0 = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
         # Launchers serialize the callbacks to their workers; the display stays in the parent.
@@ -64,6 +66,7 @@ class SweepReport(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Count the jobs and start the progress display."""
+        self._t0 = time.perf_counter()
         self._total = count_jobs(config)
         if self.progress:
             sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -78,14 +81,28 @@ class SweepReport(Callback):
 
         if self._progress is not None:
             self._progress.stop()
+        jobs_seconds = time.perf_counter() - self._t0
+        t0 = time.perf_counter()
         # The basic launcher leaves the last job's logging in place; report as the sweep.
         configure_log(config.hydra.hydra_logging, config.hydra.verbose)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         jobs = report.collect(sweep_dir)
         csv_path = report.write_csv(jobs, sweep_dir / self.csv)
-        png_path = report.write_png(jobs, sweep_dir / self.png, title=_model_name(config))
+        png_path = report.write_png(jobs, sweep_dir / self.png)
         log.info("sweep report (%d jobs):\n%s", len(jobs), report.table(jobs))
-        log.info("wrote %s and %s", csv_path, png_path)
+        log.info(
+            "wrote %s and %s (jobs %.2f s, report %.2f s)",
+            csv_path,
+            png_path,
+            jobs_seconds,
+            time.perf_counter() - t0,
+        )
+        for j in jobs:
+            if j.diverged:
+                d = j.train["diverged"]
+                log.warning(
+                    "job %d (%s) diverged: loss %s at step %d", j.num, j.label, d["loss"], d["step"]
+                )
         failed = [j for j in jobs if not j.ok]
         missing = (self._total or 0) - len(jobs)
         for j in failed:
@@ -101,8 +118,3 @@ class SweepReport(Callback):
                 len(jobs) - len(failed),
             )
             raise SystemExit(1)
-
-
-def _model_name(config: DictConfig) -> str:
-    choice = OmegaConf.select(config, "hydra.runtime.choices.model")
-    return f"model={choice}" if choice else ""

@@ -26,7 +26,8 @@ from .. import device as devices
 from .._config import BUILD_KEYS, normalize, to_plain
 from .._sample import run_sample, sample_input
 from ..errors import ConfigError
-from .progress import Spinner
+from . import train as training
+from .progress import Spinner, step_bar
 
 __all__ = [
     "APP_KEYS",
@@ -48,7 +49,7 @@ SUMMARY_FILE = "summary.txt"
 ERROR_FILE = "error.json"
 
 
-APP_KEYS = ("restore", "verify", "trusted")  # conf/app.yaml's own keys
+APP_KEYS = ("restore", "verify", "trusted", "train")  # conf/app.yaml's own keys
 
 
 def build_config(cfg: Any) -> dict[str, Any]:
@@ -153,14 +154,22 @@ def _describe(
 def build_job(cfg: Any, out_dir: Path) -> dict[str, Any]:
     """Build, describe, save the checkpoint and ``metrics.json`` into ``out_dir``.
 
+    With ``train`` set, the model is trained *after* the checkpoint is saved: the checkpoint
+    is the model at initialization (what ``restore=`` prints the checksum of), and the
+    training record (loss per step, coordinate check) goes to ``metrics.json`` only.
+
     Args:
         cfg: the app's composed config; only ``BUILD_KEYS`` reach :func:`modelfactory.build`.
         out_dir: the Hydra run (or job) directory.
 
     Returns:
-        The metrics written to ``metrics.json``: the init report plus the checksum.
+        The metrics written to ``metrics.json``: the init report, the checksum and, with
+        ``train`` set, the ``train`` record.
     """
     plain = build_config(cfg)
+    tc = training.parse_train(to_plain(cfg).get("train"))
+    if tc is not None and plain.get("input_shape") is None:
+        raise ConfigError([("input_shape", "train needs the sample input_shape of the model")])
     model = mf.build(plain)
     c, x = _describe(model, plain, out_dir)
     if _on_meta(model):
@@ -172,9 +181,33 @@ def build_job(cfg: Any, out_dir: Path) -> dict[str, Any]:
     metrics: dict[str, Any] = {"checksum": c}
     if x is not None:
         metrics.update(mf.init_report(model, x))
+    if tc is not None:
+        metrics["train"] = _train(model, tc, int(plain.get("seed", 0)), x)
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
     log.info("checkpoint and %s written to %s", METRICS_FILE, out_dir)
     return metrics
+
+
+def _train(
+    model: nn.Module, tc: training.TrainConfig, seed: int, sample: torch.Tensor
+) -> dict[str, Any]:
+    with step_bar(tc.steps + 1, f"train={tc.task}", in_sweep=_in_sweep()) as bar:
+        record = training.train(model, tc, seed, sample, bar)
+    losses = record["loss"]
+    if record["diverged"]:
+        d = record["diverged"]
+        log.warning("training diverged: loss %s at step %d of %d", d["loss"], d["step"], tc.steps)
+    else:
+        log.info(
+            "trained %d steps (%s, %s lr=%g): loss %.4g -> %.4g",
+            tc.steps,
+            record["task"],
+            tc.optimizer,
+            tc.lr,
+            losses[0],
+            losses[-1],
+        )
+    return record
 
 
 def restore_job(path: str, trusted: list[str] | None = None) -> dict[str, Any] | None:

@@ -1,21 +1,25 @@
-"""Terminal progress: a spinner for long loads/saves, a jobs-done counter for sweeps.
+"""Terminal progress: a spinner for long loads/saves, bars for sweep jobs and training steps.
 
-Both draw on stderr only when it is a terminal, and draw nothing at all otherwise
-(logs, CI, pipes, tests stay clean). They run in a daemon thread and redraw one line
-in place (``\\r``), so they never add lines to the output.
+All are tqdm displays on stderr, drawn only when it is a terminal and not at all otherwise
+(logs, CI, pipes, tests stay clean). tqdm stacks them on their own lines; while the jobs
+bar is shown the console's log lines print above the bars (see :class:`SweepProgress`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import TextIO
+from typing import Any, TextIO
 
-__all__ = ["Spinner", "SweepProgress", "is_tty"]
+from tqdm import tqdm
+
+__all__ = ["Spinner", "SweepProgress", "is_tty", "step_bar"]
 
 _FRAMES = "|/-\\"
 
@@ -29,62 +33,39 @@ def is_tty(stream: TextIO | None = None) -> bool:
         return False
 
 
-class _Ticker:
-    """Redraw ``render()`` every ``interval`` seconds after ``delay``, in a daemon thread."""
+class Spinner:
+    """``with Spinner("saving ckpt/"):`` shows ``saving ckpt/ | 1.3s`` if it takes > ``delay``.
 
-    def __init__(
-        self, render: Callable[[], str], delay: float, interval: float, stream: TextIO | None
-    ) -> None:
-        self._render, self._delay, self._interval = render, delay, interval
+    Drawn as a one-line tqdm display, so it takes its own line below any bars and log lines
+    print above it.
+    """
+
+    def __init__(self, label: str, delay: float = 0.5, stream: TextIO | None = None) -> None:
+        self.label = label
         self._stream = stream or sys.stderr
+        self._delay = delay
+        self._t0 = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._drawn = False
 
-    def start(self) -> None:
-        if is_tty(self._stream):
-            self._thread = threading.Thread(target=self._loop, daemon=True)
-            self._thread.start()
+    def _render(self, n: int) -> str:
+        return f"{self.label} {_FRAMES[n % 4]} {time.perf_counter() - self._t0:.1f}s"
 
     def _loop(self) -> None:
         if self._stop.wait(self._delay):
             return
-        while not self._stop.is_set():
-            self._draw(self._render())
-            self._stop.wait(self._interval)
-
-    def _draw(self, text: str) -> None:
-        # \r first so a log line printed meanwhile is not glued to the counter;
-        # \r last so the next log line overwrites the counter instead of following it.
-        self._stream.write(f"\r\x1b[K{text}\r")
-        self._stream.flush()
-        self._drawn = True
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            if self._drawn:
-                self._stream.write("\r\x1b[K")
-                self._stream.flush()
-
-
-class Spinner:
-    """``with Spinner("saving ckpt/"):`` shows ``saving ckpt/ | 1.3s`` if it takes > ``delay``."""
-
-    def __init__(self, label: str, delay: float = 0.5, stream: TextIO | None = None) -> None:
-        self.label = label
-        self._t0 = 0.0
-        self._n = 0
-        self._ticker = _Ticker(self._render, delay, 0.1, stream)
-
-    def _render(self) -> str:
-        self._n += 1
-        return f"{self.label} {_FRAMES[self._n % 4]} {time.perf_counter() - self._t0:.1f}s"
+        line = tqdm(bar_format="{desc}", leave=False, file=self._stream, desc=self._render(0))
+        n = 0
+        while not self._stop.wait(0.1):
+            n += 1
+            line.set_description_str(self._render(n))
+        line.close()
 
     def __enter__(self) -> Spinner:
         self._t0 = time.perf_counter()
-        self._ticker.start()
+        if is_tty(self._stream):
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
         return self
 
     def __exit__(
@@ -93,7 +74,9 @@ class Spinner:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._ticker.stop()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def count_done(sweep_dir: Path, markers: tuple[str, ...]) -> int:
@@ -105,9 +88,47 @@ def count_done(sweep_dir: Path, markers: tuple[str, ...]) -> int:
     )
 
 
+class _AboveBars(io.TextIOBase):
+    """Stands in for ``sys.stdout`` while bars are drawn: whole lines are written with the
+    bars of ``bars`` cleared first and redrawn after, so log lines never land in a bar."""
+
+    def __init__(self, out: TextIO, bars: TextIO) -> None:
+        self._out, self._bars = out, bars
+        self._pending = ""  # a line not finished yet: a redrawn bar would overwrite it
+
+    def write(self, s: str) -> int:
+        head, newline, self._pending = (self._pending + s).rpartition("\n")
+        if newline:
+            with tqdm.external_write_mode(file=self._bars):
+                self._out.write(head + newline)
+                self._out.flush()
+        return len(s)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def close_line(self) -> None:
+        """Write what is left of an unfinished line (the bars are gone by then)."""
+        if self._pending:
+            self._out.write(self._pending)
+            self._out.flush()
+            self._pending = ""
+
+    def isatty(self) -> bool:
+        return is_tty(self._out)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._out, name)
+
+
 class SweepProgress:
-    """``jobs done/total`` for a sweep, read from the job directories (works with any launcher
-    that shares the file system: the jobs may run in other processes)."""
+    """A ``sweep: done/total jobs`` bar, read from the job directories (works with any
+    launcher that shares the file system: the jobs may run in other processes).
+
+    While it is shown, ``sys.stdout`` is a stand-in that prints the console's log lines
+    above the bars (the jobs' log handlers are set up after it starts, and pick it up);
+    :meth:`stop` puts the real one back.
+    """
 
     def __init__(
         self,
@@ -117,18 +138,62 @@ class SweepProgress:
         stream: TextIO | None = None,
     ) -> None:
         self.sweep_dir, self.total, self.markers = sweep_dir, total, markers
-        self._t0 = time.perf_counter()
-        self._ticker = _Ticker(self._render, 0.3, 0.25, stream)
+        self._stream = stream or sys.stderr
+        self._bar: Any = None
+        self._stdout: TextIO | None = None
+        self._proxy: _AboveBars | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def _render(self) -> str:
-        done = count_done(self.sweep_dir, self.markers)
-        of = f"/{self.total}" if self.total else ""
-        return f"sweep: {done}{of} jobs done ({time.perf_counter() - self._t0:.0f}s)"
+    def done(self) -> int:
+        """Jobs that have finished (their directory holds a marker file)."""
+        return count_done(self.sweep_dir, self.markers)
 
     def start(self) -> None:
         """Start drawing (only on a terminal)."""
-        self._ticker.start()
+        if not is_tty(self._stream):
+            return
+        self._bar = tqdm(total=self.total, desc="sweep", unit="job", leave=False, file=self._stream)
+        self._proxy = _AboveBars(sys.stdout, self._stream)
+        self._stdout, sys.stdout = sys.stdout, self._proxy
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.25):
+            done = self.done()
+            if done != self._bar.n:
+                self._bar.update(done - self._bar.n)
 
     def stop(self) -> None:
-        """Stop and erase the line."""
-        self._ticker.stop()
+        """Stop and erase the bar."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._bar.close()
+        if self._stdout is not None and self._proxy is not None:
+            self._proxy.close_line()
+            sys.stdout, self._stdout = self._stdout, None
+
+
+@contextlib.contextmanager
+def step_bar(total: int, desc: str, in_sweep: bool = False) -> Iterator[Any]:
+    """A tqdm bar for training steps on a terminal (under the jobs bar in a sweep), or
+    ``None``: off a terminal, and in sweeps whose jobs may run in other processes (only
+    the basic launcher runs them here, where the bars can share the terminal)."""
+    show = is_tty() and (not in_sweep or _basic_launcher())
+    if not show:
+        yield None
+        return
+    bar = tqdm(total=total, desc=desc, unit="step", leave=False, file=sys.stderr)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def _basic_launcher() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    target = str(HydraConfig.get().launcher.get("_target_", ""))
+    return target.endswith("BasicLauncher")

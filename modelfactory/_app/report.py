@@ -13,7 +13,7 @@ from typing import Any
 
 from .job import ERROR_FILE, METRICS_FILE
 
-__all__ = ["JobResult", "collect", "table", "write_csv", "write_png"]
+__all__ = ["JobResult", "collect", "describe_sweep", "ranked", "table", "write_csv", "write_png"]
 
 
 @dataclass
@@ -27,9 +27,11 @@ class JobResult:
     metrics: dict[str, Any] | None = None
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    choices: dict[str, Any] = field(default_factory=dict)  # Hydra's group choices
 
     @property
     def ok(self) -> bool:
+        """The job ran to the end (a diverged training run is still a job that ran)."""
         return self.metrics is not None and self.error is None
 
     @property
@@ -40,6 +42,53 @@ class JobResult:
     def act_std(self) -> list[float]:
         return [a["std"] for a in (self.metrics or {}).get("activations", [])]
 
+    @property
+    def train(self) -> dict[str, Any] | None:
+        """The ``train`` record of metrics.json (``None`` without training)."""
+        return (self.metrics or {}).get("train")
+
+    @property
+    def diverged(self) -> bool:
+        return bool(self.train and self.train.get("diverged"))
+
+    @property
+    def status(self) -> str:
+        """``ok``, ``diverged`` (training reached a loss that is not finite) or ``failed``."""
+        if not self.ok:
+            return "failed"
+        return "diverged" if self.diverged else "ok"
+
+    @property
+    def final_loss(self) -> float | None:
+        """The loss after the last step; NaN or infinity for a diverged run."""
+        if self.train is None:
+            return None
+        if self.diverged:
+            return float(self.train["diverged"]["loss"])
+        return self.train.get("final_loss")
+
+    @property
+    def params(self) -> dict[str, str]:
+        """The overrides as ``{key: value}`` (``+``/``~`` prefixes dropped)."""
+        return dict(_split(o) for o in self.overrides)
+
+
+HEAD = [
+    "job",
+    "overrides",
+    "init",
+    "status",
+    "final_loss",
+    "checksum_sha256",
+    "output_sum",
+    "error",
+]
+
+
+def _split(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
 
 def _read_job(hydra_dir: Path) -> JobResult:
     from omegaconf import OmegaConf
@@ -47,13 +96,14 @@ def _read_job(hydra_dir: Path) -> JobResult:
     job_dir = hydra_dir.parent
     overrides = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
     hydra_cfg = OmegaConf.load(hydra_dir / "hydra.yaml").hydra
-    choices = OmegaConf.to_container(hydra_cfg.runtime.choices)
+    choices = OmegaConf.to_container(hydra_cfg.runtime.choices) or {}
     num = hydra_cfg.job.get("num")
     result = JobResult(
         num=int(num) if isinstance(num, int) else -1,
         dir=job_dir,
         overrides=overrides,
-        init=str((choices or {}).get("init", "?")),
+        init=str(choices.get("init", "?")),
+        choices={k: v for k, v in choices.items() if not str(k).startswith("hydra")},
     )
     if (job_dir / ERROR_FILE).is_file():
         result.error = json.loads((job_dir / ERROR_FILE).read_text()).get("error", "failed")
@@ -71,6 +121,23 @@ def collect(sweep_dir: Path) -> list[JobResult]:
     return sorted(jobs, key=lambda j: (j.num, str(j.dir)))
 
 
+def describe_sweep(jobs: list[JobResult]) -> tuple[str, list[str]]:
+    """What every job shares (``model=gpt_small train=lm``) and the keys that vary.
+
+    Group choices that no override names (the default ``model=mlp``) count as shared
+    settings when all jobs agree on them.
+    """
+    keys = list(dict.fromkeys(k for j in jobs for k in j.params))
+    varying = [k for k in keys if len({j.params.get(k) for j in jobs}) > 1]
+    shared = [f"{k}={jobs[0].params[k]}" for k in keys if k not in varying and jobs]
+    groups = []
+    for group in ("model", "train"):
+        values = {str(j.choices.get(group)) for j in jobs}
+        if jobs and group not in keys and len(values) == 1 and values - {"None", "none"}:
+            groups.append(f"{group}={values.pop()}")
+    return " ".join(groups + shared), varying
+
+
 def _columns(jobs: list[JobResult]) -> tuple[list[str], list[str]]:
     acts: dict[str, None] = {}
     weights: dict[str, None] = {}
@@ -84,20 +151,22 @@ def _columns(jobs: list[JobResult]) -> tuple[list[str], list[str]]:
 
 
 def write_csv(jobs: list[JobResult], path: Path) -> Path:
-    """One row per job: number, overrides, status, checksum, then per-layer statistics
-    (activation std by depth, weight std and mean by parameter)."""
+    """One row per job: number, overrides, status (``ok``, ``diverged``, ``failed``), final
+    loss (empty without training; ``nan``/``inf`` when diverged), checksum, then per-layer
+    statistics (activation std by depth, weight std and mean by parameter)."""
     act_cols, weight_cols = _columns(jobs)
-    head = ["job", "overrides", "init", "status", "checksum_sha256", "output_sum", "error"]
     with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=head + act_cols + weight_cols)
+        w = csv.DictWriter(f, fieldnames=HEAD + act_cols + weight_cols)
         w.writeheader()
         for j in jobs:
             c = (j.metrics or {}).get("checksum") or {}
+            loss = j.final_loss
             row: dict[str, Any] = {
                 "job": j.num,
                 "overrides": j.label,
                 "init": j.init,
-                "status": "ok" if j.ok else "failed",
+                "status": j.status,
+                "final_loss": "" if loss is None else repr(loss),
                 "checksum_sha256": c.get("sha256", ""),
                 "output_sum": c.get("sum", ""),
                 "error": (j.error or "").replace("\n", " | "),
@@ -111,80 +180,51 @@ def write_csv(jobs: list[JobResult], path: Path) -> Path:
     return path
 
 
-_STYLES = ["-", "--", ":", "-."]
+def ranked(jobs: list[JobResult]) -> list[JobResult]:
+    """Jobs by final loss (lowest first); then diverged runs, untrained jobs, failures."""
 
+    def key(j: JobResult) -> tuple[int, float, int]:
+        loss = j.final_loss
+        if not j.ok:
+            return (3, 0.0, j.num)
+        if loss is None:
+            return (2, 0.0, j.num)
+        return (1, 0.0, j.num) if not math.isfinite(loss) else (0, loss, j.num)
 
-def write_png(jobs: list[JobResult], path: Path, title: str = "") -> Path:
-    """Activation std through depth (left) and weight std per parameter (right), one line
-    per job, coloured by init, log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    ok = [j for j in jobs if j.ok]
-    common = set.intersection(*(set(j.overrides) for j in ok)) if ok else set()
-    inits = sorted({j.init for j in ok})
-    floor = min((s for j in ok for s in j.act_std if s > 0), default=1.0) / 10
-    colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(inits)}
-    seen: dict[str, int] = {}
-    fig, (ax_a, ax_w) = plt.subplots(1, 2, figsize=(13, 5.2), width_ratios=[3, 2])
-    for j in ok:
-        k = seen[j.init] = seen.get(j.init, -1) + 1
-        style = {"color": colours[j.init], "ls": _STYLES[k % 4], "lw": 1.6, "alpha": 0.9}
-        ys = [max(s, floor) for s in j.act_std]
-        label = " ".join(o for o in j.overrides if o not in common) or j.label
-        ax_a.plot(range(len(ys)), ys, marker=".", label=label, **style)
-        wstd = [w["std"] for w in j.metrics.get("weights", []) if len(w["shape"]) > 1]
-        ax_w.plot(range(len(wstd)), [max(s, 1e-12) for s in wstd], marker="o", ms=3, **style)
-    ax_a.set(
-        xlabel="depth (leaf module, in forward order)",
-        ylabel="activation std (log; 0 is drawn at the bottom)",
-    )
-    ax_a.set_title("activation std through depth, sample input")
-    ax_w.set(xlabel="weight matrix / kernel index (forward order)", ylabel="weight std (log)")
-    ax_w.set_title("weight std per layer")
-    for ax in (ax_a, ax_w):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_yscale("log")
-        ax.grid(True, which="both", alpha=0.3)
-    if ok:
-        ax_a.legend(title="job (colour = init)", fontsize=7, title_fontsize=8, loc="best")
-    failed = [j for j in jobs if not j.ok]
-    note = (
-        f"   ({len(failed)} failed: jobs {', '.join(str(j.num) for j in failed)})" if failed else ""
-    )
-    head = " ".join(dict.fromkeys(x for x in (title, *sorted(common)) if x))
-    fig.suptitle(f"{head}   {len(ok)} jobs{note}".strip())
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return sorted(jobs, key=key)
 
 
 def _fmt(x: float | None) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
+    if x is None:
+        return "-"
+    return str(x) if not math.isfinite(x) else f"{x:.4g}"
 
 
 def table(jobs: list[JobResult]) -> str:
-    """A short text table: job, overrides, status, activation std at the first and last
-    layer, and the checksum prefix."""
-    rows = [("job", "overrides", "status", "act std first", "act std last", "checksum")]
-    for j in jobs:
+    """A short text table, ranked by final loss when the jobs trained: rank, job, overrides,
+    status, loss at step 0 and at the end, activation std at the first and last layer, and
+    the checksum prefix."""
+    trained = any(j.train for j in jobs)
+    head = ("job", "overrides", "status", "act std first", "act std last", "checksum")
+    rows = [("rank", *head[:3], "loss start", "final loss", *head[3:]) if trained else head]
+    for rank, j in enumerate(ranked(jobs) if trained else jobs, 1):
         a = j.act_std
         c = (j.metrics or {}).get("checksum") or {}
-        rows.append(
-            (
-                str(j.num),
-                j.label,
-                "ok" if j.ok else "FAILED",
-                _fmt(a[0] if a else None),
-                _fmt(a[-1] if a else None),
-                c.get("sha256", "")[:12] or "-",
-            )
-        )
+        losses = (j.train or {}).get("loss") or [None]
+        cells = [str(j.num), j.label, j.status.upper() if j.status == "failed" else j.status]
+        if trained:
+            cells = [str(rank) if j.final_loss is not None else "-", *cells]
+            cells += [_fmt(losses[0]), _fmt(j.final_loss)]
+        cells += [_fmt(a[0] if a else None), _fmt(a[-1] if a else None)]
+        rows.append((*cells, c.get("sha256", "")[:12] or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
+
+
+def write_png(jobs: list[JobResult], path: Path, title: str = "") -> Path:
+    """``sweep.png``: loss, coordinate check and activation std per job (see ``plot``)."""
+    from . import plot  # matplotlib is imported only when a picture is drawn
+
+    return plot.draw(jobs, path, title)
