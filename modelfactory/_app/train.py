@@ -152,6 +152,39 @@ def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
+def _steps(
+    model: nn.Module,
+    task: Any,
+    tc: TrainConfig,
+    opt: torch.optim.Optimizer,
+    coord: CoordCheck,
+    gen: torch.Generator,
+    device: torch.device,
+    k: int,
+    losses: list[float | None],
+    progress: Any,
+) -> dict[str, Any] | None:
+    """The training loop: appends each step's loss; returns where it diverged, if it did."""
+    for step in range(tc.steps + 1):
+        x, y = task.batch(gen, tc.batch_size)
+        coord.active = step <= k
+        with torch.set_grad_enabled(step < tc.steps):
+            loss = task.loss(model(x.to(device)), y)
+        coord.end_step()
+        value = loss.item()
+        losses.append(_finite(value))
+        if progress is not None:
+            progress.set_postfix(loss=f"{value:.4g}", refresh=False)
+            progress.update(1)
+        if not math.isfinite(value):
+            return {"step": step, "loss": str(value)}
+        if step < tc.steps:
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return None
+
+
 def train(
     model: nn.Module,
     tc: TrainConfig,
@@ -181,7 +214,6 @@ def train(
     device = sample.device
     gen = torch.Generator().manual_seed(int(seed))
     losses: list[float | None] = []
-    diverged = None
     was_training = model.training
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(int(seed))
@@ -190,24 +222,7 @@ def train(
         k = tc.steps if tc.coord_steps is None else min(tc.coord_steps, tc.steps)
         model.train()
         with CoordCheck(model) as coord:
-            for step in range(tc.steps + 1):
-                x, y = task.batch(gen, tc.batch_size)
-                coord.active = step <= k
-                with torch.set_grad_enabled(step < tc.steps):
-                    loss = task.loss(model(x.to(device)), y)
-                coord.end_step()
-                value = loss.item()
-                losses.append(_finite(value))
-                if progress is not None:
-                    progress.set_postfix(loss=f"{value:.4g}", refresh=False)
-                    progress.update(1)
-                if not math.isfinite(value):
-                    diverged = {"step": step, "loss": str(value)}
-                    break
-                if step < tc.steps:
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+            diverged = _steps(model, task, tc, opt, coord, gen, device, k, losses, progress)
     model.train(was_training)
     return {
         **asdict(tc),
