@@ -1,18 +1,17 @@
-"""Accept a config in any of its forms and resolve it once, at the boundary.
+"""The top level of a config: build keys, knobs, defaults, section checks.
 
-Past this module the core sees only plain Python (dicts, lists, scalars),
-never a ``DictConfig``.
+The forms a config comes in are resolved to plain data by ``_resolve``; past this
+module the core sees only plain Python (dicts, lists, scalars), never a ``DictConfig``.
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._spec import MAX_DEPTH
+from ._knobs import close_key
+from ._resolve import Resolved, model_in_model, resolve
 from .errors import ConfigError, path_join
 
 BUILD_KEYS = ("model", "block", "init", "tie", "device", "seed", "input_shape", "input_dtype")
@@ -40,96 +39,34 @@ class BuildConfig:
     input_shape: list[int] | None = None
     input_dtype: str = "float32"
     resolved: dict[str, Any] = field(default_factory=dict)
+    knobs: dict[str, Any] = field(default_factory=dict)  # for people: the checkpoint shows them
 
 
 def to_plain(cfg: Any) -> Any:
-    """DictConfig, dict or YAML path -> plain, fully resolved Python containers."""
-    if isinstance(cfg, (str, os.PathLike)):
-        return _load_yaml(cfg)
-    if type(cfg).__module__.startswith("omegaconf"):
-        return _resolve(cfg, "config")
-    if isinstance(cfg, dict):
-        # A private copy (the caller may edit their dict after build; the model keeps this
-        # config and save writes it), made through JSON at C speed; the text also tells
-        # whether anything needs OmegaConf's interpolation.
-        try:
-            text = json.dumps(cfg)
-        except RecursionError as e:
-            raise ConfigError([("", f"config nests deeper than {MAX_DEPTH} levels")]) from e
-        except (TypeError, ValueError):  # values JSON cannot hold (a torch.dtype object)
-            return _resolve(cfg, "config") if _has_interpolation(cfg) else copy.deepcopy(cfg)
-        return _resolve(cfg, "config") if "${" in text else json.loads(text)
-    raise ConfigError(
-        [("", f"expected a DictConfig, a dict or a YAML path, got {type(cfg).__name__}")]
-    )
-
-
-def _has_interpolation(tree: Any) -> bool:
-    """Whether any string holds ``${...}``; also refuses trees nested beyond ``MAX_DEPTH``.
-
-    Iterative, so that a hostile, deeply nested config cannot exhaust Python's stack.
-    """
-    found = False
-    stack = [(tree, 0)]
-    while stack:
-        v, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise ConfigError([("", f"config nests deeper than {MAX_DEPTH} levels")])
-        if isinstance(v, str):
-            found = found or "${" in v
-        elif isinstance(v, dict):
-            stack.extend((x, depth + 1) for x in v.values())
-        elif isinstance(v, list):
-            stack.extend((x, depth + 1) for x in v)
-    return found
-
-
-def _resolve(cfg: Any, where: str) -> Any:
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        return OmegaConf.to_container(OmegaConf.create(cfg), resolve=True, throw_on_missing=True)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or ""
-        raise ConfigError(
-            [(key, f"{type(e).__name__}: {getattr(e, 'msg', e)}")],
-            header=f"Cannot resolve {where}:",
-        ) from e
-
-
-def _load_yaml(path: str | os.PathLike) -> Any:
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        loaded = OmegaConf.load(path)
-    except FileNotFoundError as e:
-        raise ConfigError([(str(path), "no such config file")]) from e
-    except (OmegaConfBaseException, ValueError, OSError) as e:
-        raise ConfigError([(str(path), f"not a readable YAML config: {e}")]) from e
-    except Exception as e:  # yaml's own parser errors
-        raise ConfigError([(str(path), f"not valid YAML: {e}")]) from e
-    return _resolve(loaded, str(path))
+    """Any accepted form of a config -> plain, fully resolved Python containers."""
+    return resolve(cfg).tree
 
 
 def normalize(cfg: Any) -> BuildConfig:
-    """Check the top level of a full config (or wrap a bare model node) and fill defaults."""
-    plain = to_plain(cfg)
+    """Check the top level of a full config (or wrap a bare model node) and fill defaults.
+
+    Top-level keys beyond ``BUILD_KEYS`` are knobs when an interpolation uses them (their
+    values are kept in ``knobs``), else errors naming the key.
+    """
+    r = resolve(cfg)
+    plain = r.tree
     if isinstance(plain, dict) and "_target_" in plain and "model" not in plain:
         plain = {"model": plain}
     if not isinstance(plain, dict) or "model" not in plain:
         raise ConfigError(
             [("", "expected a full config with a 'model' key, or a model node with '_target_'")]
         )
-    expected = ", ".join(BUILD_KEYS)
-    problems = [
-        (str(k), f"unknown top-level key; expected one of {expected}")
-        for k in plain
-        if k not in BUILD_KEYS
-    ]
+    problems: list[tuple[str, str]] = []
+    knobs = _knobs(plain, r, problems)
+    problems += model_in_model(plain)
     defaults = json.loads(json.dumps(DEFAULTS))  # fresh: nothing shared between models
-    full = {**defaults, **{k: v for k, v in plain.items() if v is not None or k == "input_shape"}}
+    given = {k: v for k, v in plain.items() if k in BUILD_KEYS}
+    full = {**defaults, **{k: v for k, v in given.items() if v is not None or k == "input_shape"}}
     seed, shape = full["seed"], full["input_shape"]
     if isinstance(seed, bool) or not isinstance(seed, int):
         problems.append(("seed", f"expected an integer, got {seed!r}"))
@@ -145,7 +82,7 @@ def normalize(cfg: Any) -> BuildConfig:
     ):
         problems.append(("input_shape", f"expected a list of positive integers, got {shape!r}"))
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, header=_header(problems))
     return BuildConfig(
         model=full["model"],
         seed=seed,
@@ -157,7 +94,48 @@ def normalize(cfg: Any) -> BuildConfig:
         input_shape=shape,
         input_dtype=str(full["input_dtype"]),
         resolved={k: full[k] for k in BUILD_KEYS if k in full},
+        knobs=knobs,
     )
+
+
+def _knobs(plain: dict[str, Any], r: Resolved, problems: list[tuple[str, str]]) -> dict[str, Any]:
+    """The knobs among the top-level keys; any other key that is not a build key is a problem."""
+    knobs = {k: v for k, v in r.knobs.items() if k not in BUILD_KEYS}
+    for k in plain:
+        if k in r.used and k not in BUILD_KEYS:
+            knobs[k] = plain[k]
+        elif k not in BUILD_KEYS:
+            problems.append((str(k), unknown_key(str(k), r.used)))
+    return knobs
+
+
+def unknown_key(key: str, knobs: Any = (), also: tuple[str, ...] = ()) -> str:
+    """The message for a top-level key that is neither a build key nor a used knob."""
+    options = (*BUILD_KEYS, *also)
+    hint = close_key(key, [*options, *knobs])
+    did = f" (did you mean {hint!r}?)" if hint else ""
+    return (
+        f"unknown top-level key{did}; expected one of {', '.join(options)}, or a knob that "
+        f"an interpolation uses, and no ${{{key}}} is left"
+    )
+
+
+KNOB_RULE = (
+    "(a top-level key is a knob only while some interpolation uses it: override a knob "
+    "itself, not every use of it (n_layer=4, not model.layers.blocks.n=4), and build from "
+    "the DictConfig, not from a copy resolved with OmegaConf.to_container(resolve=True))"
+)
+
+
+def _header(problems: list[tuple[str, str]]) -> str | None:
+    """The usual header, plus the knob rule when a top-level key may be a knob that lost its
+    uses (no "did you mean" for it)."""
+    lost = any(m.startswith("unknown top-level key;") for _, m in problems)
+    if not lost:
+        return None
+    n = len(problems)
+    head = "Config is not well-formed" + (f", found {n} problems" if n > 1 else "")
+    return f"{head} {KNOB_RULE}:"
 
 
 def _section(

@@ -77,6 +77,8 @@ def _build_node(node: Node, parent_key: int, ctx: Context, device: torch.device)
         kwargs = {k: _fresh(v) for k, v in node.kwargs.items()}
     else:
         args, kwargs = node.args, node.kwargs  # immutable scalars: safe to pass as they are
+    if node.convert:
+        args, kwargs = _omegaconf_containers(args, kwargs)
     if node.partial:
         return functools.partial(node.target, *args, **kwargs)
     try:
@@ -121,6 +123,19 @@ def _build_value(v: Any, key: int, ctx: Context, device: torch.device) -> Any:
     if type(v) is Raw:
         return _fresh(v.value)
     return v
+
+
+def _omegaconf_containers(args: list[Any], kwargs: dict[str, Any]) -> tuple[list, dict]:
+    """``_convert_: none``: list and dict arguments are passed as ``ListConfig`` /
+    ``DictConfig`` (holding the built modules as they are), as Hydra passes them."""
+    from omegaconf import OmegaConf
+
+    def wrap(v: Any) -> Any:
+        if isinstance(v, (list, dict)):
+            return OmegaConf.create(v, flags={"allow_objects": True})
+        return v
+
+    return [wrap(a) for a in args], {k: wrap(v) for k, v in kwargs.items()}
 
 
 def _fresh(v: Any) -> Any:

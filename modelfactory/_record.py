@@ -28,11 +28,14 @@ class BuildRecord:
         ties: the resolved tie groups, ``(kind, [source, other, ...])`` each.
         paths: ``id(module) -> config path`` of every module a config node built, for
             error messages (a module replaced later is named by its module path instead).
+        knobs: the config's knobs (top-level keys its interpolations used, ``d_model``),
+            already applied in ``config``; kept for people (the checkpoint shows them).
     """
 
     config: dict[str, Any]
     ties: list[tuple[str, list[str]]] = field(default_factory=list)
     paths: Mapping[int, str] = field(default_factory=dict)
+    knobs: Mapping[str, Any] = field(default_factory=dict)
 
 
 def attach(model: nn.Module, record: BuildRecord) -> nn.Module:

@@ -43,6 +43,8 @@ class Node:
     factories: tuple[str, ...] = ()  # kwargs passed as factories (built once per call)
     prefix: str = ""  # where the node hangs under its parent (kwarg or mapping key)
     ordinal: str = ""  # "#n" for list items: n-th sibling with the same settings
+    convert: bool = False  # `_convert_: none` here or above: pass OmegaConf containers
+    convert_set: bool = False  # the node sets `_convert_` itself (children inherit it)
 
 
 @dataclass(eq=False, slots=True)
@@ -91,6 +93,7 @@ def parse_node(
     info = _INFO.get(name) if type(name) is str else None
     if info is None:
         info = _target_info(name, path, problems)
+        name = name if type(name) is str else info.qualname
     if "_partial_" in tree or "_recursive_" in tree:
         partial = _special_flags(tree, path, problems, partial)
     node = Node(path=path, target=info.target, target_name=name, component="", partial=partial)
@@ -109,7 +112,45 @@ def parse_node(
     node.prefix = component
     digest.sort()
     node.component = f"{component}|({','.join(digest)};{info.qualname})"
+    if "_convert_" in tree:
+        _convert_mode(node, tree["_convert_"], problems)
     return node
+
+
+CONVERT_MODES = ("none", "partial", "object", "all")
+
+
+def _convert_mode(node: Node, mode: Any, problems: list[tuple[str, str]]) -> None:
+    """Hydra's ``_convert_``: what containers the node and its subtree pass to targets.
+
+    ``none`` passes ``DictConfig`` / ``ListConfig``s; ``partial``, ``object`` and ``all`` pass
+    plain dicts and lists, as modelfactory does by default (configs here are plain data, so
+    no structured-config type is left for ``partial`` / ``object`` to keep).
+    """
+    mode = getattr(mode, "value", mode)  # hydra.types.ConvertMode, given from Python
+    if not isinstance(mode, str) or mode.lower() not in CONVERT_MODES:
+        expected = f"expected one of {', '.join(CONVERT_MODES)}, got {_kind(mode)}"
+        problems.append((path_join(node.path, "_convert_"), expected))
+        return
+    stack = [node]
+    while stack:  # inherited by every node below that does not set its own
+        n = stack.pop()
+        if n is node or not n.convert_set:
+            n.convert, n.convert_set = mode.lower() == "none", n is node or n.convert_set
+            stack.extend(_child_nodes([*n.args, *n.kwargs.values()]))
+
+
+def _child_nodes(values: list[Any]) -> list[Node]:
+    out, stack = [], list(values)
+    while stack:
+        v = stack.pop()
+        if type(v) is Node:
+            out.append(v)
+        elif type(v) is list:
+            stack.extend(v)
+        elif type(v) is dict:
+            stack.extend(v.values())
+    return out
 
 
 def _special_flags(
@@ -245,8 +286,11 @@ _DRAW_NOTHING = frozenset(
 
 def _target_info(name: Any, path: str, problems: list[tuple[str, str]]) -> _TargetInfo:
     target_path = path_join(path, "_target_")
+    if callable(name) and not isinstance(name, str):  # a class or function given from Python
+        return _TargetInfo(name, qualified_name(name))
     if not isinstance(name, str):
-        problems.append((target_path, f"expected a dotted import path string, got {_kind(name)}"))
+        expected = f"expected a dotted import path string or a callable, got {_kind(name)}"
+        problems.append((target_path, expected))
         return _TargetInfo(None, str(name))
     try:
         target = locate(name)

@@ -1,7 +1,7 @@
 """The ``modelfactory`` command: a Hydra app over the Python API.
 
     modelfactory [OVERRIDES]                   build, print summary + checksum, save in outputs/
-    modelfactory restore=PATH                  load a checkpoint, print the same summary + checksum
+    modelfactory restore=PATH [device=...]     load a checkpoint, print the same summary + checksum
     modelfactory verify=PATH                   check a checkpoint's stored content digest
     modelfactory -m init=normal,xavier seed=0,1   sweep; sweep.csv + sweep.png in the sweep dir
 
@@ -27,7 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from .configs import conf_dir
+from .configs import compose_error_text, conf_dir
 from .errors import ConfigError, ModelFactoryError
 
 __all__ = ["main"]
@@ -60,7 +60,9 @@ def _task(cfg: DictConfig) -> dict[str, Any] | None:
     out_dir = Path(hc.runtime.output_dir)
     try:
         if cfg.get("restore"):
-            metrics = {"checksum": job.restore_job(str(cfg.restore), list(cfg.trusted))}
+            placement = job.restore_placement(cfg, list(hc.overrides.task))
+            checksum = job.restore_job(str(cfg.restore), list(cfg.trusted), **placement)
+            metrics = {"checksum": checksum}
         elif cfg.get("verify"):
             job.verify_job(str(cfg.verify))
             metrics = {"checksum": None, "verified": str(cfg.verify)}
@@ -84,21 +86,19 @@ def _task(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def _hydra_error(e: Exception) -> str:
-    text = str(e).split("Config search path:")[0]  # Hydra's search path: noise for a user
-    options = [ln.strip() for ln in text.splitlines() if ln.startswith("\t")]
-    text = "\n".join(ln for ln in text.splitlines() if not ln.startswith("\t"))
-    if options:  # "Available options in 'model':" + one per line -> one line
-        text = f"{text.rstrip()} {', '.join(options)}"
-    lines = [f"modelfactory: error: the config does not compose: {text}"]
-    cause = e.__cause__
-    if isinstance(cause, OmegaConfBaseException) and str(cause) not in str(e):
-        lines.append(str(cause))
+    lines = [f"modelfactory: error: the config does not compose: {compose_error_text(e)}"]
     lines.append("(add hydra.verbose=true for a traceback; --help lists the config groups)")
     return _one_paragraph("\n".join(lines))
 
 
 def main() -> None:
-    """Entry point of the ``modelfactory`` console script (arguments from ``sys.argv``)."""
+    """Entry point of the ``modelfactory`` console script (arguments from ``sys.argv``).
+
+    Like ``python -m`` and ``python script.py``, the command imports modules from the current
+    directory: a ``_target_: myblocks.MyBlock`` finds ``./myblocks.py``.
+    """
+    if os.getcwd() not in sys.path:  # a console script's sys.path[0] is its bin/ directory
+        sys.path.insert(0, os.getcwd())
     app = hydra.main(config_path=str(conf_dir()), config_name=APP_CONFIG, version_base="1.3")(_task)
     # Let Hydra's own errors (a bad override, an unknown option) reach us, so that they are
     # reported in one paragraph like ours instead of with Hydra's multi-part message.

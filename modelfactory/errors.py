@@ -6,6 +6,7 @@ Every error names where the problem is (a config path such as
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 
@@ -74,3 +75,8 @@ class UntrustedTargetError(CheckpointError):
 def path_join(base: str, key: object) -> str:
     """Join a config path and a key the way error messages show it."""
     return f"{base}.{key}" if base else str(key)
+
+
+def dotted(key: str) -> str:
+    """OmegaConf's ``layers[0].out_features`` as validation names it: ``layers.0.out_features``."""
+    return re.sub(r"\[([^\]]*)\]", r".\1", key).lstrip(".")

@@ -82,7 +82,7 @@ def build_skeleton(cfg: Any, shapes: Mapping[str, Sequence[int]] | None = None) 
     ties = resolve_groups(model, bc.tie_groups) if bc.tie_groups else []
     apply_ties(model, ties)
     check_ties(model, ties)
-    return attach(model, BuildRecord(bc.resolved, ties, record_paths(records)))
+    return attach(model, BuildRecord(bc.resolved, ties, record_paths(records), bc.knobs))
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def _build(bc: BuildConfig) -> tuple[nn.Module, BuildRecord]:
     check_ties(model, ties)
     if plan.dmap:
         devices.place_hooks(model, _mapping(model, plan.dmap))
-    return model, BuildRecord(bc.resolved, ties, record_paths(records))
+    return model, BuildRecord(bc.resolved, ties, record_paths(records), bc.knobs)
 
 
 @contextmanager

@@ -239,8 +239,10 @@ def test_yaml_path_and_dictconfig_inputs(tmp_path):
     cfg = OmegaConf.create(
         {"w": 5, "model": {"_target_": "torch.nn.Linear", "in_features": "${w}", "out_features": 2}}
     )
-    with pytest.raises(ConfigError, match="unknown top-level key"):
-        mf.build(cfg)
+    assert mf.build(cfg).in_features == 5  # `w` is a knob: an interpolation uses it
+    with pytest.raises(ConfigError, match="unknown top-level key") as e:
+        mf.build(OmegaConf.merge(cfg, {"unused": 1}))
+    assert e.value.paths == ["unused"]
     m = mf.build(
         OmegaConf.create({"_target_": "torch.nn.Linear", "in_features": 5, "out_features": 2})
     )

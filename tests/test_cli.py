@@ -185,7 +185,7 @@ def test_bad_config_is_one_paragraph_naming_the_key(
 
 README_EXAMPLES = [
     "modelfactory model=rgnet",
-    "modelfactory model=stack block=conv_bn_relu model.n=3",
+    "modelfactory model=stack block=conv_bn_relu n=3",
     "modelfactory init=xavier tie=none device=auto seed=3",
     "modelfactory model=gpt_small",
 ]

@@ -83,7 +83,7 @@ def test_device_map_keeps_per_block_values():
 
 
 def test_balanced_map_spreads_repeated_blocks_over_gpus(two_fake_gpus, composed):
-    skeleton = mf.build(composed(["model=gpt_small", "model.layers.blocks.n=4"]), device="meta")
+    skeleton = mf.build(composed(["model=gpt_small", "n_layer=4"]), device="meta")
     plan = devices.balanced_map(skeleton, devices.try_all_gpus())
     cuda0, cuda1 = torch.device("cuda:0"), torch.device("cuda:1")
     assert plan[""] == cuda0

@@ -13,6 +13,7 @@ import torch
 
 import modelfactory as mf
 from modelfactory._sample import run_sample, sample_input
+from modelfactory.configs import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +62,8 @@ def test_concurrent_writers_into_one_directory(tmp_path: Path):
     for p in procs:
         finish(p)
     for i in range(4):
-        expected = mf.build({**_mlp(), "seed": i})
+        # the composed DictConfig, not a resolved copy: that keeps the model's knobs
+        expected = mf.build(compose(["model=mlp", f"seed={i}"]))
         restored = mf.load(tmp_path / f"ckpt{i}")
         assert all(
             torch.equal(a, b)
@@ -72,14 +74,6 @@ def test_concurrent_writers_into_one_directory(tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         f"ckpt{i}" for i in range(4)
     ]  # no temp files left
-
-
-def _mlp() -> dict:
-    from omegaconf import OmegaConf
-
-    from modelfactory.configs import compose
-
-    return OmegaConf.to_container(compose(["model=mlp"]), resolve=True)
 
 
 WRITER = """

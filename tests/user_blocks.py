@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -41,3 +42,37 @@ class Tower(nn.Sequential):
 
     def __init__(self, depth: int, layer: Callable[[int], nn.Module]) -> None:
         super().__init__(*(layer(i) for i in range(depth)))
+
+
+def make_mlp(sizes: list[int]) -> nn.Module:
+    """A function (not a class) that returns a module: Linear layers with ReLUs between."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        layers += [nn.ReLU()] if i else []
+        layers.append(nn.Linear(a, b))
+    return nn.Sequential(*layers)
+
+
+class FromFactory(nn.Module):
+    """A block that receives a partial (``_partial_: true``) and calls it once per width."""
+
+    def __init__(self, make: Callable[..., nn.Module], widths: list[int]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(make(out_features=w) for w in widths)
+
+
+class Deferred(nn.Module):
+    """A block that takes its child built, or unbuilt (``_recursive_: false``) and then
+    builds it itself."""
+
+    def __init__(self, spec: object) -> None:
+        super().__init__()
+        import modelfactory as mf
+
+        self.kind = type(spec).__name__
+        self.inner = spec if isinstance(spec, nn.Module) else mf.build(spec)
+
+
+def twice(layer: nn.Module) -> nn.Module:
+    """One module used at two positions (D2L's shared layer): ``net[0] is net[2]``."""
+    return nn.Sequential(layer, nn.ReLU(), layer)

@@ -23,7 +23,8 @@ from torch import nn
 import modelfactory as mf
 
 from .. import device as devices
-from .._config import BUILD_KEYS, normalize, to_plain
+from .._config import normalize, to_plain
+from .._record import record_of
 from .._sample import run_sample, sample_input
 from ..errors import ConfigError
 from . import train as training
@@ -33,11 +34,13 @@ __all__ = [
     "APP_KEYS",
     "ERROR_FILE",
     "METRICS_FILE",
+    "RESTORE_OVERRIDES",
     "SUMMARY_FILE",
     "build_job",
     "checksum",
     "format_checksum",
     "restore_job",
+    "restore_placement",
     "sample_output",
     "verify_job",
 ]
@@ -52,21 +55,19 @@ ERROR_FILE = "error.json"
 APP_KEYS = ("restore", "verify", "trusted", "train")  # conf/app.yaml's own keys
 
 
-def build_config(cfg: Any) -> dict[str, Any]:
-    """The part of the app's config that :func:`modelfactory.build` accepts (``BUILD_KEYS``).
+def build_config(cfg: Any) -> Any:
+    """The app's config without the app's own keys (``APP_KEYS``): what
+    :func:`modelfactory.build` gets.
 
-    Raises:
-        ConfigError: a top-level key that is neither a build key nor the app's own (a typo
-            added with ``+seeed=3`` must not pass silently).
+    A ``DictConfig`` stays one (unresolved), so the knobs it holds keep their meaning:
+    ``build`` tells them from typos (a key added with ``+seeed=3`` must not pass silently).
     """
-    plain = to_plain(cfg)
-    unknown = [k for k in plain if k not in BUILD_KEYS and k not in APP_KEYS]
-    if unknown:
-        expected = ", ".join((*BUILD_KEYS, *APP_KEYS))
-        raise ConfigError(
-            [(str(k), f"unknown top-level key; expected one of {expected}") for k in unknown]
-        )
-    return {k: plain[k] for k in BUILD_KEYS if k in plain}
+    from omegaconf import OmegaConf
+
+    keys = [k for k in cfg if k not in APP_KEYS]
+    if OmegaConf.is_dict(cfg):
+        return OmegaConf.masked_copy(cfg, keys)
+    return {k: cfg[k] for k in keys}
 
 
 def _tensors(out: Any) -> Iterator[torch.Tensor]:
@@ -159,19 +160,20 @@ def build_job(cfg: Any, out_dir: Path) -> dict[str, Any]:
     training record (loss per step, coordinate check) goes to ``metrics.json`` only.
 
     Args:
-        cfg: the app's composed config; only ``BUILD_KEYS`` reach :func:`modelfactory.build`.
+        cfg: the app's composed config; all but the app's own keys reach
+            :func:`modelfactory.build`.
         out_dir: the Hydra run (or job) directory.
 
     Returns:
         The metrics written to ``metrics.json``: the init report, the checksum and, with
         ``train`` set, the ``train`` record.
     """
-    plain = build_config(cfg)
     tc = training.parse_train(to_plain(cfg).get("train"))
-    if tc is not None and plain.get("input_shape") is None:
+    model = mf.build(build_config(cfg))
+    built = mf.config_of(model)
+    if tc is not None and built.get("input_shape") is None:
         raise ConfigError([("input_shape", "train needs the sample input_shape of the model")])
-    model = mf.build(plain)
-    c, x = _describe(model, plain, out_dir)
+    c, x = _describe(model, built, out_dir)
     if _on_meta(model):
         log.info("device meta: a skeleton without values, so no checksum and no checkpoint")
         (out_dir / METRICS_FILE).write_text(json.dumps({"checksum": None}, indent=1))
@@ -182,7 +184,7 @@ def build_job(cfg: Any, out_dir: Path) -> dict[str, Any]:
     if x is not None:
         metrics.update(mf.init_report(model, x))
     if tc is not None:
-        metrics["train"] = _train(model, tc, int(plain.get("seed", 0)), x)
+        metrics["train"] = _train(model, tc, int(built["seed"]), x)
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
     log.info("checkpoint and %s written to %s", METRICS_FILE, out_dir)
     return metrics
@@ -210,20 +212,68 @@ def _train(
     return record
 
 
-def restore_job(path: str, trusted: list[str] | None = None) -> dict[str, Any] | None:
+# What may come with restore=: the model comes from the checkpoint, only its placement
+# (and which targets to trust) from the command line.
+RESTORE_OVERRIDES = ("restore", "trusted", "device", "device.device", "device.dtype")
+
+
+def restore_placement(cfg: Any, overrides: list[str]) -> dict[str, str]:
+    """The ``device`` / ``dtype`` a restore honours, from the command line's overrides.
+
+    Args:
+        cfg: the app's composed config.
+        overrides: the task overrides as typed (``HydraConfig.get().overrides.task``).
+
+    Returns:
+        ``{"device": ..., "dtype": ...}`` for what was overridden (``device=bf16`` sets both).
+
+    Raises:
+        ConfigError: naming each override a restore cannot honour (``model=...``, ``seed=``,
+            ``device.map``): the architecture and values come from the checkpoint alone.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = [ov.key_or_group for ov in OverridesParser.create().parse_overrides(list(overrides))]
+    refused = [k for k in keys if k not in RESTORE_OVERRIDES]
+    if "device" in keys and cfg.device.get("map") is not None:
+        refused.append("device.map")
+    if refused:
+        raise ConfigError(
+            [(k, "this override cannot apply to a restore") for k in refused],
+            header="restore= rebuilds the model from the checkpoint alone; only device=, "
+            "device.device=, device.dtype= and trusted= apply to it:",
+        )
+    placement = {}
+    if "device" in keys or "device.device" in keys:
+        placement["device"] = str(cfg.device.device)
+    if "device" in keys or "device.dtype" in keys:
+        placement["dtype"] = str(cfg.device.dtype)
+    return placement
+
+
+def restore_job(
+    path: str,
+    trusted: list[str] | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> dict[str, Any] | None:
     """Load a checkpoint and log the same summary and checksum as the run that saved it.
 
     Args:
         path: a checkpoint directory or its ``model.safetensors``.
         trusted: extra ``_target_`` prefixes the checkpoint's config may name.
+        device: where to place the model (``None``: the CPU).
+        dtype: a floating dtype to cast the model to (``None``: as saved).
 
     Returns:
         The checksum (``None`` when the saved config has no ``input_shape``).
     """
     with Spinner(f"loading {path}"):
-        model = mf.load(path, trusted=list(trusted or []))
+        model = mf.load(path, device=device, dtype=dtype, trusted=list(trusted or []))
     cfg = mf.config_of(model)
-    log.info("restored %s", path)
+    knobs = record_of(model).knobs
+    shown = ", ".join(f"{k}={v}" for k, v in knobs.items())
+    log.info("restored %s%s", path, f" (knobs: {shown})" if shown else "")
     return _describe(model, cfg)[0] if cfg is not None else None
 
 

@@ -62,6 +62,8 @@ def schema_problems(doc: dict[str, Any]) -> list[str]:
     )
     for field in ("nonpersistent", "eval"):
         expect(field, _is_names(doc.get(field, [])), "a list of names")
+    knobs = doc.get("knobs", {})  # optional: checkpoints written before knobs have none
+    expect("knobs", isinstance(knobs, dict), "a mapping knob name -> value")
     kind = doc.get("kind")
     expect("kind", kind in ("model", "tensors"), "'model' or 'tensors'")
     if kind == "model":

@@ -77,7 +77,8 @@ def load(
     device_cfg = {**config.get("device", {}), "device": str(target)}
     if cast is not None:
         device_cfg["dtype"] = str(cast).removeprefix("torch.")
-    record = BuildRecord({**config, "device": device_cfg}, ties, record_of(model).paths)
+    knobs = doc.get("knobs", {})  # absent in checkpoints written before knobs existed
+    record = BuildRecord({**config, "device": device_cfg}, ties, record_of(model).paths, knobs)
     return attach(model, record)
 
 

@@ -9,6 +9,7 @@ atomic. Only tensors and JSON are written: no Python object is ever pickled.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ def save(model: nn.Module, path: Pathish, *, cfg: Any = None) -> Path:
     """
     path = Path(path)
     file = _target_file(path)
-    config = _config_for(model, cfg, file)
+    config, knobs = _config_for(model, cfg, file)
     _check_materialized(model, file)
     tensors, nonpersistent = _state.collect(model)
     config = _state.with_dtype(config, tensors)
@@ -69,9 +70,11 @@ def save(model: nn.Module, path: Pathish, *, cfg: Any = None) -> Path:
         "eval": _state.eval_modules(model),
         "versions": fmt.versions(),
     }
+    if knobs:  # for people: the config above already has them applied
+        doc["knobs"] = knobs
     make_parent(file)
     if file.name == fmt.MODEL_FILE and file.parent == path:
-        doc["config_yaml_sha256"] = _write_config_copy(path / fmt.CONFIG_FILE, config)
+        doc["config_yaml_sha256"] = _write_config_copy(path / fmt.CONFIG_FILE, config, knobs)
     fmt.write(file, stored, doc)
     return file
 
@@ -88,8 +91,10 @@ def _target_file(path: Path) -> Path:
     return file
 
 
-def _config_for(model: nn.Module, cfg: Any, file: Path) -> dict[str, Any]:
-    """The resolved full config to store: ``cfg``, or the one the model's record holds."""
+def _config_for(model: nn.Module, cfg: Any, file: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The resolved full config to store (``cfg``, or the one the model's record holds) and
+    its knobs."""
+    knobs: Any = {}
     if cfg is None:
         record = record_of(model)
         if record is None:
@@ -98,10 +103,12 @@ def _config_for(model: nn.Module, cfg: Any, file: Path) -> dict[str, Any]:
                 f"this {type(model).__name__} was not made by modelfactory.build, so its "
                 "architecture is unknown; pass cfg= (the config that builds it)",
             )
-        cfg = record.config
-    config = normalize(cfg).resolved
+        cfg, knobs = record.config, record.knobs
+    bc = normalize(cfg)
+    config, knobs = bc.resolved, dict(knobs or bc.knobs)
     _state.check_plain(config, file)
-    return config
+    _state.check_plain(knobs, file)
+    return config, knobs
 
 
 def _check_materialized(model: nn.Module, file: Path) -> None:
@@ -144,10 +151,14 @@ def _check_matches_config(
     return ties
 
 
-def _write_config_copy(copy: Path, config: dict[str, Any]) -> str:
-    """Write ``config.yaml`` (a copy for people); returns its SHA-256, which lets load skip
-    parsing an untouched copy."""
+def _write_config_copy(copy: Path, config: dict[str, Any], knobs: dict[str, Any]) -> str:
+    """Write ``config.yaml`` (a copy for people; the knobs in its header comment, so the copy
+    still builds as it is); returns its SHA-256, which lets load skip parsing an untouched
+    copy."""
     text = "# A copy for people: the config embedded in model.safetensors is the authority.\n"
+    if knobs:
+        shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in knobs.items())
+        text += f"# Built with the knobs (already applied below): {shown}\n"
     text += yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
     atomic_write(copy, lambda tmp: tmp.write_text(text))
     return hashlib.sha256(text.encode()).hexdigest()
