@@ -52,9 +52,9 @@ def child(method: str, workdir: Path, model: str) -> dict[str, float]:
     if method == "hf":
         from transformers import GPT2LMHeadModel  # optional, never a dependency
     cfg = compose([f"model={model}"])
-    from modelfactory._config import to_plain
+    from modelfactory._config import normalize
 
-    plain = to_plain(cfg)
+    plain = normalize(cfg).resolved  # what a checkpoint stores: knobs applied, no ${...}
     torch.empty(1, device="meta").normal_()  # warm torch._dynamo's import
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark
     rss0 = _rss_kib("VmRSS")
