@@ -3,7 +3,9 @@
 
 ``load`` checks the config's targets against the trusted prefixes before anything
 is imported, rebuilds the architecture on ``meta`` with no init, assigns the
-memory-mapped tensors, re-applies ties and places the model. Only tensors and
+tensors (read into memory of their own, or memory-mapped with ``mmap=True``),
+re-applies ties and places the model. Every reader takes a single file or a
+sharded directory (``_shards``). Only tensors and
 JSON are read back: no Python object is ever deserialized.
 """
 
@@ -25,6 +27,7 @@ from ..tie import apply_ties, check_ties
 from . import _format as fmt
 from . import _state
 from ._atomic import stable
+from ._shards import checkpoint_paths, read_any, verify_sharded
 from ._trust import check_config, parse_trusted
 
 __all__ = ["Verified", "load", "load_tensors", "load_weights", "verify"]
@@ -38,6 +41,8 @@ def load(
     dtype: str | torch.dtype | None = None,
     trusted: tuple[str, ...] | list[str] = (),
     strict: bool = True,
+    *,
+    mmap: bool = False,
 ) -> nn.Module:
     """Rebuild a saved model from its checkpoint alone.
 
@@ -45,7 +50,8 @@ def load(
     equal the saved model's bit for bit on the same device type and dtype.
 
     Args:
-        path: a checkpoint directory or its ``.safetensors`` file.
+        path: a checkpoint directory (single-file or sharded), its ``.safetensors`` file or
+            its ``model.safetensors.index.json``.
         device: where to place the model (``cpu``, ``cuda:1``, ``auto``...); ``None`` means
             the CPU, whatever device the model was saved from.
         dtype: cast floating parameters and buffers after loading (``"bfloat16"``).
@@ -55,6 +61,12 @@ def load(
             With ``strict=False`` mismatches are warned about: unexpected tensors are
             ignored, dtype mismatches cast, and missing or mis-shaped ones keep the
             config's seeded initialization.
+        mmap: ``False`` (default): the weights are read into memory of their own (one copy;
+            shards in parallel), so the file may be overwritten or deleted afterwards.
+            ``True``: the weights stay memory-mapped from the file (no copy, pages read
+            when touched); the file must then not change while the model lives: a file
+            overwritten in place changes the weights, and one truncated kills the process
+            (``SIGBUS``). Saves never write in place, they rename.
 
     Returns:
         The model, with ties restored as identity.
@@ -64,9 +76,9 @@ def load(
         CheckpointError: a missing or corrupt file, (strict) tensors that do not fit, or a
             ``dtype`` that is not floating.
     """
-    file, copy = fmt.checkpoint_paths(path)
+    file, copy = checkpoint_paths(path)
     cast = _float_dtype(dtype, file)
-    header, stored = fmt.read(file, require="model")
+    header, stored = read_any(file, require="model", mmap=mmap)
     doc = header.doc or {}
     config = _trusted_config(doc, file, copy, trusted)
     target = resolve_device(device if device is not None else "cpu", "device")
@@ -154,7 +166,8 @@ def load_weights(
 
     Args:
         model: the model to fill.
-        path: a checkpoint directory or any ``.safetensors`` file.
+        path: a checkpoint directory (single-file or sharded), its index, or any
+            ``.safetensors`` file.
         prefix_map: ``{"0.": "encoder."}`` uses only the stored tensors under a listed prefix,
             renamed to the model's prefix. ``None`` uses every tensor under its own name.
         strict: every used tensor must land on a same-shaped parameter or buffer, and every
@@ -167,8 +180,8 @@ def load_weights(
     Raises:
         CheckpointError: (strict) tensors that do not fit, listed together.
     """
-    file, _ = fmt.checkpoint_paths(path)
-    header, stored = fmt.read(file)
+    file, _ = checkpoint_paths(path)
+    header, stored = read_any(file)
     doc = header.doc or {}
     tensors = _with_aliases(stored, doc.get("aliases", {}))
     for key in doc.get("nonpersistent", []):
@@ -225,8 +238,8 @@ def load_tensors(path: Pathish) -> torch.Tensor | list | tuple | dict:
     Raises:
         CheckpointError: a missing or corrupt file.
     """
-    file, _ = fmt.checkpoint_paths(path)
-    header, stored = fmt.read(file)
+    file, _ = checkpoint_paths(path)
+    header, stored = read_any(file)
     doc = header.doc or {}
     tensors = _with_aliases(stored, doc.get("aliases", {}))
     if doc.get("kind") != "tensors":
@@ -244,16 +257,20 @@ def verify(path: Pathish) -> Verified:
     """Recompute every digest stored at save time and compare.
 
     Args:
-        path: a checkpoint directory or a ``.safetensors`` file written by modelfactory.
+        path: a checkpoint directory (single-file or sharded), its index, or a
+            ``.safetensors`` file written by modelfactory.
 
     Returns:
-        The file, how many tensors and bytes were checked.
+        The file (the index of a sharded checkpoint), how many tensors and bytes were
+        checked.
 
     Raises:
         CheckpointError: naming the first tensor (in file order) whose bytes changed, or
             what else is wrong with the file.
     """
-    file, _ = fmt.checkpoint_paths(path)
+    file, _ = checkpoint_paths(path)
+    if file.name.endswith(".index.json"):
+        return Verified(file, *verify_sharded(file))
     return stable(file, lambda: _verify_once(file))
 
 

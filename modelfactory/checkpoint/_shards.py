@@ -1,0 +1,266 @@
+"""Sharded checkpoints, in the layout Hugging Face's ``save_pretrained`` writes.
+
+A directory holds ``model-00001-of-0000N.safetensors`` shards (each an ordinary
+safetensors file, 64-byte aligned like a single file) and
+``model.safetensors.index.json``::
+
+    {"metadata": {"total_size": BYTES, "modelfactory": "<the document, JSON text>"},
+     "weight_map": {"blocks.0.weight": "model-00001-of-00002.safetensors", ...}}
+
+The modelfactory document (config, ties, digests of every tensor, the list of
+``shards``) lives once, in the index; each shard's metadata holds only
+``{"format": "pt", "modelfactory_set": <the document's digest>}``, which binds it to
+its index, so a shard of another save is never mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError
+from . import _format as fmt
+from ._atomic import READ_ATTEMPTS, identity, unchanged
+from ._commit import JOURNAL, recover
+from ._schema import short
+
+__all__ = ["INDEX_FILE", "parse_size", "plan", "read_sharded", "sharded_files", "verify_sharded"]
+
+INDEX_FILE = "model.safetensors.index.json"
+SET_KEY = "modelfactory_set"
+INDEX_MAX = 100 * 2**20  # bytes; safetensors caps a header at 100 MB too
+_SHARD = re.compile(r"model-(\d{5})-of-(\d{5})\.safetensors")
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
+
+
+def parse_size(size: int | str, file: Path) -> int:
+    """``max_shard_size`` in bytes: an int, or ``"2GB"``, ``"500MB"``, ``"10KB"``, ``"1GiB"``."""
+    m = (
+        re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([a-zA-Z]*)\s*", size)
+        if isinstance(size, str)
+        else None
+    )
+    if m and m[2].lower() in _UNITS:
+        size = int(float(m[1]) * _UNITS[m[2].lower()])
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise CheckpointError(
+            file,
+            f"max_shard_size={size!r}: expected "
+            "a positive number of bytes, as an int or a string like '2GB', '500MB', '10KB'",
+        )
+    return size
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def plan(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[list[str]]:
+    """Tensor names per shard, in the model's order; a shard is closed before the tensor
+    that would take it over ``max_bytes`` (a bigger tensor gets a shard of its own)."""
+    shards: list[list[str]] = [[]]
+    used = 0
+    for name, t in tensors.items():
+        if shards[-1] and used + _nbytes(t) > max_bytes:
+            shards.append([])
+            used = 0
+        shards[-1].append(name)
+        used += _nbytes(t)
+    return shards
+
+
+def sharded_files(
+    directory: Path, tensors: dict[str, torch.Tensor], doc: dict[str, Any], groups: list[list[str]]
+) -> dict[str, Callable[[Path], None]]:
+    """Final name -> writer of each file of a sharded set (the shards, then the index)."""
+    names = [f"model-{i:05d}-of-{len(groups):05d}.safetensors" for i in range(1, len(groups) + 1)]
+    full = fmt.complete(directory / INDEX_FILE, tensors, {**doc, "shards": names})
+    meta = {"format": "pt", SET_KEY: full["digest"]}
+    files: dict[str, Callable[[Path], None]] = {}
+    for name, group in zip(names, groups, strict=True):
+        part = {k: tensors[k] for k in group}
+        files[name] = lambda tmp, part=part: fmt.write_file(tmp, part, meta)
+    index = {
+        "metadata": {
+            "total_size": sum(_nbytes(t) for t in tensors.values()),
+            fmt.META_KEY: fmt.doc_text(full),
+        },
+        "weight_map": {
+            k: name for name, group in zip(names, groups, strict=True) for k in sorted(group)
+        },
+    }
+    text = json.dumps(index, indent=2, sort_keys=True) + "\n"
+    files[INDEX_FILE] = lambda tmp: tmp.write_text(text)
+    return files
+
+
+class _Changed(Exception):
+    """The set changed while it was read (or is inconsistent): ``file`` and why."""
+
+    def __init__(self, file: Path, why: str) -> None:
+        self.file, self.why = file, why
+
+
+def _index_doc(index_file: Path, fh: Any, require: str | None) -> tuple[dict, dict[str, str]]:
+    """The checked document and weight map of an open index file."""
+    text = fh.read(INDEX_MAX + 1)
+    if len(text) > INDEX_MAX:
+        raise CheckpointError(index_file, f"is over {INDEX_MAX:,} bytes: not an index")
+    try:
+        index = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(index_file, f"not a readable index: not JSON ({e})") from e
+    meta = index.get("metadata") if isinstance(index, dict) else None
+    wmap = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get(fmt.META_KEY), str):
+        raise CheckpointError(
+            index_file,
+            "not a modelfactory index: expected 'metadata' with a 'modelfactory' entry (written "
+            "by another tool?); read its shards with load_tensors() or load_weights()",
+        )
+    doc = fmt.parse_doc(index_file, meta[fmt.META_KEY], require)
+    shards = doc["shards"]
+    ok_map = isinstance(wmap, dict) and all(isinstance(v, str) for v in wmap.values())
+    if not shards or not all(_SHARD.fullmatch(s) for s in shards) or not ok_map:
+        raise CheckpointError(
+            index_file,
+            f"corrupt index: expected shards named model-NNNNN-of-NNNNN.safetensors and a "
+            f"'weight_map' name -> shard, got shards {short(shards)}",
+        )
+    if set(wmap) != set(doc["tensors"]) or not set(wmap.values()) <= set(shards):
+        raise CheckpointError(
+            index_file, "corrupt index: its 'weight_map' does not list the document's tensors"
+        )
+    return doc, wmap
+
+
+def _in_set(file: Path, doc: dict, read: Callable[[], Any]) -> Any:
+    """``read()`` of a shard, whose header (``read()[0]`` or ``read()``) must be of ``doc``'s
+    set; a shard that is gone or of another save means the set changed under the reader."""
+    try:
+        result = read()
+    except CheckpointError as e:
+        if not file.is_file():  # removed by a save switching sets: read the set again
+            raise _Changed(file, "missing shard: expected by model.safetensors.index.json") from e
+        raise
+    header = result[0] if isinstance(result, tuple) else result
+    if header.meta.get(SET_KEY) != doc["digest"]:
+        raise _Changed(file, "belongs to another save than model.safetensors.index.json beside it")
+    return result
+
+
+def _read_shard(
+    file: Path, doc: dict, wmap: dict[str, str], mmap: bool
+) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
+    header, tensors = _in_set(file, doc, lambda: fmt.read(file, mmap=mmap))
+    if set(header.index) != {k for k, s in wmap.items() if s == file.name}:
+        raise _Changed(file, "holds other tensors than model.safetensors.index.json says")
+    return header, tensors
+
+
+def _each_shard(index_file: Path, doc: dict, work: Callable[[Path], Any]) -> list[Any]:
+    """``work(shard file)`` for every shard, in parallel threads (reads release the GIL)."""
+    files = [index_file.with_name(s) for s in doc["shards"]]
+    workers = min(len(files), os.cpu_count() or 1, 8)
+    if workers <= 1:
+        return [work(f) for f in files]
+    with ThreadPoolExecutor(workers, thread_name_prefix="modelfactory-shard") as pool:
+        return list(pool.map(work, files))
+
+
+def _consistent(index_file: Path, attempt: Callable[[Any], Any]) -> Any:
+    """``attempt(open index)``, read again while the set changes under it (a save landing)."""
+    for _ in range(READ_ATTEMPTS):
+        try:
+            fh = open(index_file, "rb")  # noqa: SIM115 (closed below)
+        except OSError as e:
+            raise CheckpointError(index_file, f"cannot open it ({e})") from e
+        with fh:
+            before = identity(os.fstat(fh.fileno()))
+            try:
+                result = attempt(fh)
+            except _Changed as e:
+                if unchanged(index_file, before) and not (index_file.parent / JOURNAL).exists():
+                    raise CheckpointError(e.file, e.why) from None
+                recover(index_file.parent)
+                continue
+            if unchanged(index_file, before):
+                return result
+    raise CheckpointError(
+        index_file,
+        f"the set changed while being read, {READ_ATTEMPTS} times in a row: another process "
+        "keeps saving to it; read it once that is done",
+    )
+
+
+def read_sharded(
+    index_file: Path, *, require: str | None = None, mmap: bool = True
+) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
+    """The document and every tensor of a sharded checkpoint, all of one save."""
+
+    def attempt(fh: Any) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
+        doc, wmap = _index_doc(index_file, fh, require)
+        parts = _each_shard(index_file, doc, lambda f: _read_shard(f, doc, wmap, mmap))
+        index = {k: v for header, _ in parts for k, v in header.index.items()}
+        fmt.check_index(index_file, doc, index)
+        return fmt.Header(index_file, doc, index), {k: t for _, ts in parts for k, t in ts.items()}
+
+    return _consistent(index_file, attempt)
+
+
+def verify_sharded(index_file: Path) -> tuple[int, int]:
+    """Recompute every shard's digests; returns ``(tensors, bytes)`` checked.
+
+    Raises:
+        CheckpointError: naming the shard and the first tensor whose bytes changed.
+    """
+
+    def check(file: Path, doc: dict, wmap: dict[str, str]) -> tuple[int, int]:
+        header = _in_set(file, doc, lambda: fmt.read_header(file))
+        listed = {k: doc["tensors"][k] for k, s in wmap.items() if s == file.name}
+        bad = fmt.first_bad_tensor(header, listed)
+        if bad is not None:
+            raise CheckpointError(
+                file, f"tensor {bad!r} does not match the digest stored at save time: corrupt data"
+            )
+        return len(listed), file.stat().st_size
+
+    def attempt(fh: Any) -> tuple[int, int]:
+        doc, wmap = _index_doc(index_file, fh, None)
+        counts = _each_shard(index_file, doc, lambda f: check(f, doc, wmap))
+        return sum(n for n, _ in counts), sum(b for _, b in counts) + index_file.stat().st_size
+
+    return _consistent(index_file, attempt)
+
+
+def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path | None]:
+    """``(file, config.yaml copy or None)`` for a checkpoint directory, its
+    ``model.safetensors`` or index, or any ``.safetensors`` file. A switch that an
+    interrupted save left half done is completed first."""
+    path = Path(path)
+    directory = path if path.is_dir() else path.parent
+    if path.is_dir() or path.name in (fmt.MODEL_FILE, INDEX_FILE):
+        recover(directory)
+    if path.is_dir():
+        path = path / (INDEX_FILE if (path / INDEX_FILE).is_file() else fmt.MODEL_FILE)
+    elif path.name not in (fmt.MODEL_FILE, INDEX_FILE):
+        return path, None
+    copy = directory / fmt.CONFIG_FILE
+    return path, copy if copy.is_file() else None
+
+
+def read_any(
+    file: Path, *, require: str | None = None, mmap: bool = True
+) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
+    """A single file or a sharded set, by ``file``'s name."""
+    if file.name.endswith(".index.json"):
+        return read_sharded(file, require=require, mmap=mmap)
+    return fmt.read(file, require=require, mmap=mmap)
