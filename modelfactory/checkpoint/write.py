@@ -102,7 +102,10 @@ def _save_set(
 ) -> Path:
     """Write the checkpoint files and ``config.yaml`` into ``directory`` as one set."""
     doc = {**doc, "config_yaml_sha256": hashlib.sha256(copy_text.encode()).hexdigest()}
-    files: dict[str, Callable[[Path], None]] = {}
+    # config.yaml is written first (its temporary file), then all switch together
+    files: dict[str, Callable[[Path], None]] = {
+        fmt.CONFIG_FILE: lambda tmp: tmp.write_text(copy_text)
+    }
     if len(groups) > 1:
         files.update(sharded_files(directory, stored, doc, groups))
         written = directory / INDEX_FILE
@@ -110,7 +113,6 @@ def _save_set(
         written = directory / fmt.MODEL_FILE
         meta = {fmt.META_KEY: fmt.doc_text(fmt.complete(written, stored, doc))}
         files[fmt.MODEL_FILE] = lambda tmp: fmt.write_file(tmp, stored, meta)
-    files[fmt.CONFIG_FILE] = lambda tmp: tmp.write_text(copy_text)
     write_set(directory, files)
     return written
 
