@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,39 @@ def test_peak_memory_of_a_load_is_one_copy(mmap: bool, tmp_path: Path) -> None:
     print(f"mmap={mmap}: peak RSS growth {growth / 2**20:.1f} MiB for {weights / 2**20:.1f} MiB")
     assert growth < 1.3 * weights
     assert mapped == int(mmap)  # mmap=False keeps no mapping of the files
+
+
+# Saves two models in turn into one directory, alternating layouts (3 shards, 2, one file).
+WRITER = """
+import sys, modelfactory as mf
+from modelfactory.configs import compose
+models = [mf.build(compose(["model=gpt_small", f"seed={s}"])) for s in (0, 1)]
+sizes = ["100KB", "200KB", None]
+for i in range(int(sys.argv[2])):
+    mf.save(models[i % 2], sys.argv[1], max_shard_size=sizes[i % 3])
+print("done", flush=True)
+"""
+
+
+def test_a_reader_racing_a_sharded_writer_sees_one_save_or_the_other(tmp_path: Path) -> None:
+    models = [build_model("gpt_small", seed=s) for s in (0, 1)]
+    states = [m.state_dict() for m in models]
+    target = tmp_path / "shared"
+    mf.save(models[0], target, max_shard_size="100KB")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(target), "30"], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    seen, loads = set(), 0
+    while writer.poll() is None or not loads:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # config.yaml always belongs to the same save
+            back = mf.load(target).state_dict()
+        match = [i for i, s in enumerate(states) if all(torch.equal(back[k], s[k]) for k in s)]
+        assert len(match) == 1, "a load mixed two saves"
+        seen.add(match[0])
+        loads += 1
+    out, err = writer.communicate(timeout=120)
+    assert writer.returncode == 0 and out.strip() == "done", err
+    print(f"{loads} loads during 30 saves, saw seeds {seen}")

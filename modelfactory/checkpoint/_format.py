@@ -124,6 +124,7 @@ class Header:
     doc: dict[str, Any] | None  # None: a plain safetensors file
     index: dict[str, tuple[str, tuple[int, ...]]]  # name -> (dtype, shape)
     meta: dict[str, str] = field(default_factory=dict)  # the file's metadata, as stored
+    copy: bytes | None = None  # config.yaml's bytes, when read with the same version of file
 
 
 def read_header(file: Path, *, require: str | None = None) -> Header:
@@ -148,7 +149,7 @@ def read_header(file: Path, *, require: str | None = None) -> Header:
             for k in names:
                 s = f.get_slice(k)
                 index[k] = (s.get_dtype(), tuple(s.get_shape()))
-    except (SafetensorError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:  # Runtime: vanished
         raise CheckpointError(file, f"not a readable safetensors file ({e})") from e
     if META_KEY not in meta:
         if require is None:
@@ -211,7 +212,7 @@ def read_tensors(file: Path, mmap: bool = True) -> dict[str, torch.Tensor]:
         return read_owned(file)
     try:
         tensors = load_file(file)
-    except (SafetensorError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(file, f"cannot read tensors ({e})") from e
     return {k: t for k, t in tensors.items() if not k.startswith(PAD_PREFIX)}
 
@@ -246,13 +247,32 @@ def _file_order(file: Path, names: list[str]) -> list[str]:
     return sorted(names, key=lambda k: index[k]["data_offsets"][0])
 
 
-def compare_copy(copy: Path, config: dict[str, Any], file: Path, sha256: Any = None) -> None:
+COPY_READ_MAX = 2**20
+
+
+def read_copy(copy: Path | None) -> bytes | None:
+    """``config.yaml``'s bytes (``None``: no copy, unreadable, or over ``COPY_READ_MAX``)."""
+    if copy is None:
+        return None
+    try:
+        with open(copy, "rb") as fh:
+            data = fh.read(COPY_READ_MAX + 1)
+    except OSError:
+        return None
+    return data if len(data) <= COPY_READ_MAX else None
+
+
+def compare_copy(
+    copy: Path, config: dict[str, Any], file: Path, sha256: Any = None, data: bytes | None = None
+) -> None:
     """Warn when ``config.yaml`` says something else than the embedded config.
 
-    A copy whose bytes still have the digest recorded at save time is not parsed.
+    A copy whose bytes still have the digest recorded at save time is not parsed. ``data``:
+    the copy's bytes as read together with the checkpoint (a save landing in between would
+    otherwise pair one save's weights with the next one's copy).
     """
     try:
-        data = copy.read_bytes()
+        data = copy.read_bytes() if data is None else data
         if isinstance(sha256, str) and hashlib.sha256(data).hexdigest() == sha256:
             return
         other: Any = yaml.safe_load(data.decode())

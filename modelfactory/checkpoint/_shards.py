@@ -21,22 +21,22 @@ import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from ..errors import CheckpointError
 from . import _format as fmt
-from ._atomic import READ_ATTEMPTS, identity, unchanged
+from ._atomic import READ_ATTEMPTS, identity, stable, unchanged
 from ._commit import JOURNAL, recover
 from ._schema import short
 
 __all__ = ["INDEX_FILE", "parse_size", "plan", "read_sharded", "sharded_files", "verify_sharded"]
 
+T = TypeVar("T")
 INDEX_FILE = "model.safetensors.index.json"
 SET_KEY = "modelfactory_set"
 INDEX_MAX = 100 * 2**20  # bytes; safetensors caps a header at 100 MB too
-_SHARD = re.compile(r"model-(\d{5})-of-(\d{5})\.safetensors")
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 _UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
 
@@ -57,6 +57,11 @@ def parse_size(size: int | str, file: Path) -> int:
             "a positive number of bytes, as an int or a string like '2GB', '500MB', '10KB'",
         )
     return size
+
+
+def shard_names(n: int) -> list[str]:
+    """``model-00001-of-0000N.safetensors``, ... for ``n`` shards."""
+    return [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -81,7 +86,7 @@ def sharded_files(
     directory: Path, tensors: dict[str, torch.Tensor], doc: dict[str, Any], groups: list[list[str]]
 ) -> dict[str, Callable[[Path], None]]:
     """Final name -> writer of each file of a sharded set (the shards, then the index)."""
-    names = [f"model-{i:05d}-of-{len(groups):05d}.safetensors" for i in range(1, len(groups) + 1)]
+    names = shard_names(len(groups))
     full = fmt.complete(directory / INDEX_FILE, tensors, {**doc, "shards": names})
     meta = {"format": "pt", SET_KEY: full["digest"]}
     files: dict[str, Callable[[Path], None]] = {}
@@ -129,7 +134,7 @@ def _index_doc(index_file: Path, fh: Any, require: str | None) -> tuple[dict, di
     doc = fmt.parse_doc(index_file, meta[fmt.META_KEY], require)
     shards = doc["shards"]
     ok_map = isinstance(wmap, dict) and all(isinstance(v, str) for v in wmap.values())
-    if not shards or not all(_SHARD.fullmatch(s) for s in shards) or not ok_map:
+    if not shards or shards != shard_names(len(shards)) or not ok_map:
         raise CheckpointError(
             index_file,
             f"corrupt index: expected shards named model-NNNNN-of-NNNNN.safetensors and a "
@@ -202,16 +207,18 @@ def _consistent(index_file: Path, attempt: Callable[[Any], Any]) -> Any:
 
 
 def read_sharded(
-    index_file: Path, *, require: str | None = None, mmap: bool = True
+    index_file: Path, *, require: str | None = None, mmap: bool = True, copy: Path | None = None
 ) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
-    """The document and every tensor of a sharded checkpoint, all of one save."""
+    """The document and every tensor of a sharded checkpoint, all of one save (and the bytes
+    of its ``copy``, ``config.yaml``, renamed after the index by a save)."""
 
     def attempt(fh: Any) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
         doc, wmap = _index_doc(index_file, fh, require)
         parts = _each_shard(index_file, doc, lambda f: _read_shard(f, doc, wmap, mmap))
         index = {k: v for header, _ in parts for k, v in header.index.items()}
         fmt.check_index(index_file, doc, index)
-        return fmt.Header(index_file, doc, index), {k: t for _, ts in parts for k, t in ts.items()}
+        header = fmt.Header(index_file, doc, index, copy=fmt.read_copy(copy))
+        return header, {k: t for _, ts in parts for k, t in ts.items()}
 
     return _consistent(index_file, attempt)
 
@@ -257,10 +264,32 @@ def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path | None]:
     return path, copy if copy.is_file() else None
 
 
+def resolved(path: str | os.PathLike, read: Callable[[Path], T]) -> tuple[Path, Path | None, T]:
+    """``(file, config.yaml copy, read(file))`` for a checkpoint ``path``. In a directory the
+    file is found again when a save switched layouts between finding it and reading it
+    (one file to shards, or back: the file found is gone)."""
+    for attempt in range(READ_ATTEMPTS):
+        file, copy = checkpoint_paths(path)
+        try:
+            return file, copy, read(file)
+        except CheckpointError:
+            if attempt + 1 == READ_ATTEMPTS or file.exists() or not Path(path).is_dir():
+                raise
+    raise AssertionError("unreachable")
+
+
 def read_any(
-    file: Path, *, require: str | None = None, mmap: bool = True
+    file: Path, *, require: str | None = None, mmap: bool = True, copy: Path | None = None
 ) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
-    """A single file or a sharded set, by ``file``'s name."""
+    """A single file or a sharded set, by ``file``'s name; ``header.copy`` holds the bytes
+    of ``copy`` (``config.yaml``) as read with that version of the checkpoint."""
     if file.name.endswith(".index.json"):
-        return read_sharded(file, require=require, mmap=mmap)
-    return fmt.read(file, require=require, mmap=mmap)
+        return read_sharded(file, require=require, mmap=mmap, copy=copy)
+
+    def once() -> tuple[fmt.Header, dict[str, torch.Tensor]]:
+        header = fmt.read_header(file, require=require)
+        tensors = fmt.read_tensors(file, mmap)
+        header.copy = fmt.read_copy(copy)  # a save renames the copy after the file
+        return header, tensors
+
+    return stable(file, once)

@@ -27,7 +27,7 @@ from ..tie import apply_ties, check_ties
 from . import _format as fmt
 from . import _state
 from ._atomic import stable
-from ._shards import checkpoint_paths, read_any, verify_sharded
+from ._shards import INDEX_FILE, checkpoint_paths, read_any, resolved, verify_sharded
 from ._trust import check_config, parse_trusted
 
 __all__ = ["Verified", "load", "load_tensors", "load_weights", "verify"]
@@ -76,11 +76,12 @@ def load(
         CheckpointError: a missing or corrupt file, (strict) tensors that do not fit, or a
             ``dtype`` that is not floating.
     """
-    file, copy = checkpoint_paths(path)
-    cast = _float_dtype(dtype, file)
-    header, stored = read_any(file, require="model", mmap=mmap)
+    cast = _float_dtype(dtype, checkpoint_paths(path)[0])
+    file, copy, (header, stored) = resolved(
+        path, lambda f: read_any(f, require="model", mmap=mmap, copy=_copy_of(f))
+    )
     doc = header.doc or {}
-    config = _trusted_config(doc, file, copy, trusted)
+    config = _trusted_config(doc, file, copy, trusted, header.copy)
     target = resolve_device(device if device is not None else "cpu", "device")
     tensors = _with_aliases(stored, doc.get("aliases", {}))
     model = _rebuild(config, tensors, doc, file, strict)
@@ -94,15 +95,21 @@ def load(
     return attach(model, record)
 
 
+def _copy_of(file: Path) -> Path | None:
+    """The ``config.yaml`` beside a checkpoint's ``model.safetensors`` or index."""
+    copy = file.with_name(fmt.CONFIG_FILE)
+    return copy if file.name in (fmt.MODEL_FILE, INDEX_FILE) and copy.is_file() else None
+
+
 def _trusted_config(
-    doc: dict[str, Any], file: Path, copy: Path | None, trusted: Any
+    doc: dict[str, Any], file: Path, copy: Path | None, trusted: Any, data: bytes | None
 ) -> dict[str, Any]:
     """The embedded config, once every target it names is trusted; warns when the
-    ``config.yaml`` copy beside the file says something else."""
+    ``config.yaml`` copy beside the file (``data``: its bytes) says something else."""
     config = doc["config"]
     check_config(config, file, parse_trusted(trusted, file))
     if copy is not None:
-        fmt.compare_copy(copy, config, file, doc.get("config_yaml_sha256"))
+        fmt.compare_copy(copy, config, file, doc.get("config_yaml_sha256"), data)
     return config
 
 
@@ -180,8 +187,7 @@ def load_weights(
     Raises:
         CheckpointError: (strict) tensors that do not fit, listed together.
     """
-    file, _ = checkpoint_paths(path)
-    header, stored = read_any(file)
+    file, _, (header, stored) = resolved(path, read_any)
     doc = header.doc or {}
     tensors = _with_aliases(stored, doc.get("aliases", {}))
     for key in doc.get("nonpersistent", []):
@@ -238,8 +244,7 @@ def load_tensors(path: Pathish) -> torch.Tensor | list | tuple | dict:
     Raises:
         CheckpointError: a missing or corrupt file.
     """
-    file, _ = checkpoint_paths(path)
-    header, stored = read_any(file)
+    _, _, (header, stored) = resolved(path, read_any)
     doc = header.doc or {}
     tensors = _with_aliases(stored, doc.get("aliases", {}))
     if doc.get("kind") != "tensors":
@@ -268,7 +273,10 @@ def verify(path: Pathish) -> Verified:
         CheckpointError: naming the first tensor (in file order) whose bytes changed, or
             what else is wrong with the file.
     """
-    file, _ = checkpoint_paths(path)
+    return resolved(path, _verify_file)[2]
+
+
+def _verify_file(file: Path) -> Verified:
     if file.name.endswith(".index.json"):
         return Verified(file, *verify_sharded(file))
     return stable(file, lambda: _verify_once(file))
