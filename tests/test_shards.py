@@ -277,3 +277,31 @@ def test_a_reader_racing_a_sharded_writer_sees_one_save_or_the_other(tmp_path: P
     out, err = writer.communicate(timeout=120)
     assert writer.returncode == 0 and out.strip() == "done", err
     print(f"{loads} loads during 30 saves, saw seeds {seen}")
+
+
+def test_another_tools_sharded_directory_reads_as_plain_tensors(tmp_path: Path) -> None:
+    """save_pretrained's layout without modelfactory's document: load_tensors and
+    load_weights read it; load and verify say what it is."""
+    d = tmp_path / "hf"
+    d.mkdir()
+    parts = {
+        "model-00001-of-00002.safetensors": {"a.weight": torch.ones(2, 3)},
+        "model-00002-of-00002.safetensors": {
+            "b.weight": torch.arange(4.0),
+            "b.bias": torch.zeros(1),
+        },
+    }
+    for name, tensors in parts.items():
+        safetensors.torch.save_file(tensors, d / name, metadata={"format": "pt"})
+    wmap = {k: name for name, tensors in parts.items() for k in tensors}
+    (d / INDEX).write_text(json.dumps({"metadata": {"total_size": 40}, "weight_map": wmap}))
+    tensors = mf.load_tensors(d)
+    assert sorted(tensors) == ["a.weight", "b.bias", "b.weight"]
+    assert torch.equal(tensors["b.weight"], torch.arange(4.0))
+    model = torch.nn.ModuleDict({"a": torch.nn.Linear(3, 2, bias=False)})
+    mf.load_weights(model, d, prefix_map={"a.": "a."})
+    assert torch.equal(model["a"].weight, torch.ones(2, 3))
+    with pytest.raises(CheckpointError, match=rf"{INDEX}: not a modelfactory index"):
+        mf.load(d)
+    with pytest.raises(CheckpointError, match=rf"{INDEX}: has no modelfactory digests"):
+        mf.verify(d)

@@ -5,14 +5,16 @@ A save to a directory writes every file of the new set (shards, index or
 holding the directory's lock (``flock`` on the directory itself, so no lock file is
 left), it writes the journal ``.modelfactory-switch.json`` atomically, which is the commit
 point: the journal lists the renames (temporary -> final) and the old files that are
-not part of the new set. It carries them out and deletes the journal.
+not part of the new set. It carries them out (weights, then removals, then
+``config.yaml``) and deletes the journal.
 
 A kill before the journal leaves the old set (plus temporary files that a later save
 removes); a kill after it leaves the journal, and the next save or load carries it out
 to the end (roll forward): every step can be done twice. Renames put shards in place
 before the index, and removals take the old index away before its shards, so a reader
 that does not wait on the lock still finds a complete set; shards also carry the id of
-their set, so a reader notices a set that changed under it and reads again.
+their set, and the copy is renamed last, so a reader notices a set that changed under it
+and reads again.
 """
 
 from __future__ import annotations
@@ -137,15 +139,27 @@ def _plan(directory: Path, temps: dict[str, Path]) -> dict[str, list]:
 
 
 def _apply(directory: Path, plan: dict[str, list]) -> None:
-    """Carry out a journal's plan; safe to repeat after a kill at any step."""
-    for tmp, final in plan["renames"]:
-        if os.path.lexists(directory / tmp):
-            _rename(directory / tmp, directory / final)
+    """Carry out a journal's plan; safe to repeat after a kill at any step.
+
+    The copy (``config.yaml``) goes last, after the old files are removed: a reader that
+    sees the new copy then always finds the file it read the weights from replaced or gone.
+    """
+    weights = [r for r in plan["renames"] if _rank(r[1]) < 2]
+    for tmp, final in weights:
+        _rename_if_there(directory, tmp, final)
     sync_dir(directory)
     for name in plan["remove"]:
         _remove(directory / name)
+    for tmp, final in plan["renames"]:
+        if _rank(final) == 2:
+            _rename_if_there(directory, tmp, final)
     _remove(directory / JOURNAL)
     sync_dir(directory)
+
+
+def _rename_if_there(directory: Path, tmp: str, final: str) -> None:
+    if os.path.lexists(directory / tmp):  # else renamed already, by a run killed after it
+        _rename(directory / tmp, directory / final)
 
 
 def _rename(src: Path, dst: Path) -> None:

@@ -36,6 +36,7 @@ __all__ = ["INDEX_FILE", "parse_size", "plan", "read_sharded", "sharded_files", 
 T = TypeVar("T")
 INDEX_FILE = "model.safetensors.index.json"
 SET_KEY = "modelfactory_set"
+_PLAIN = re.compile(r"[^./\\][^/\\]*\.safetensors")  # a shard of another tool's index
 INDEX_MAX = 100 * 2**20  # bytes; safetensors caps a header at 100 MB too
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 _UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
@@ -114,8 +115,11 @@ class _Changed(Exception):
         self.file, self.why = file, why
 
 
-def _index_doc(index_file: Path, fh: Any, require: str | None) -> tuple[dict, dict[str, str]]:
-    """The checked document and weight map of an open index file."""
+def _index_doc(
+    index_file: Path, fh: Any, require: str | None
+) -> tuple[dict | None, dict[str, str]]:
+    """The checked document and weight map of an open index file; with ``require=None`` the
+    document of another tool's index is ``None``."""
     text = fh.read(INDEX_MAX + 1)
     if len(text) > INDEX_MAX:
         raise CheckpointError(index_file, f"is over {INDEX_MAX:,} bytes: not an index")
@@ -125,7 +129,10 @@ def _index_doc(index_file: Path, fh: Any, require: str | None) -> tuple[dict, di
         raise CheckpointError(index_file, f"not a readable index: not JSON ({e})") from e
     meta = index.get("metadata") if isinstance(index, dict) else None
     wmap = index.get("weight_map") if isinstance(index, dict) else None
+    ok_map = isinstance(wmap, dict) and all(isinstance(v, str) for v in wmap.values())
     if not isinstance(meta, dict) or not isinstance(meta.get(fmt.META_KEY), str):
+        if require is None and ok_map and all(_PLAIN.fullmatch(v) for v in wmap.values()):
+            return None, wmap  # another tool's index (save_pretrained): plain tensors
         raise CheckpointError(
             index_file,
             "not a modelfactory index: expected 'metadata' with a 'modelfactory' entry (written "
@@ -133,7 +140,6 @@ def _index_doc(index_file: Path, fh: Any, require: str | None) -> tuple[dict, di
         )
     doc = fmt.parse_doc(index_file, meta[fmt.META_KEY], require)
     shards = doc["shards"]
-    ok_map = isinstance(wmap, dict) and all(isinstance(v, str) for v in wmap.values())
     if not shards or shards != shard_names(len(shards)) or not ok_map:
         raise CheckpointError(
             index_file,
@@ -147,7 +153,7 @@ def _index_doc(index_file: Path, fh: Any, require: str | None) -> tuple[dict, di
     return doc, wmap
 
 
-def _in_set(file: Path, doc: dict, read: Callable[[], Any]) -> Any:
+def _in_set(file: Path, doc: dict | None, read: Callable[[], Any]) -> Any:
     """``read()`` of a shard, whose header (``read()[0]`` or ``read()``) must be of ``doc``'s
     set; a shard that is gone or of another save means the set changed under the reader."""
     try:
@@ -157,13 +163,13 @@ def _in_set(file: Path, doc: dict, read: Callable[[], Any]) -> Any:
             raise _Changed(file, "missing shard: expected by model.safetensors.index.json") from e
         raise
     header = result[0] if isinstance(result, tuple) else result
-    if header.meta.get(SET_KEY) != doc["digest"]:
+    if doc is not None and header.meta.get(SET_KEY) != doc["digest"]:
         raise _Changed(file, "belongs to another save than model.safetensors.index.json beside it")
     return result
 
 
 def _read_shard(
-    file: Path, doc: dict, wmap: dict[str, str], mmap: bool
+    file: Path, doc: dict | None, wmap: dict[str, str], mmap: bool
 ) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
     header, tensors = _in_set(file, doc, lambda: fmt.read(file, mmap=mmap))
     if set(header.index) != {k for k, s in wmap.items() if s == file.name}:
@@ -171,9 +177,13 @@ def _read_shard(
     return header, tensors
 
 
-def _each_shard(index_file: Path, doc: dict, work: Callable[[Path], Any]) -> list[Any]:
+def _shards_of(doc: dict | None, wmap: dict[str, str]) -> list[str]:
+    return doc["shards"] if doc is not None else sorted(set(wmap.values()))
+
+
+def _each_shard(index_file: Path, names: list[str], work: Callable[[Path], Any]) -> list[Any]:
     """``work(shard file)`` for every shard, in parallel threads (reads release the GIL)."""
-    files = [index_file.with_name(s) for s in doc["shards"]]
+    files = [index_file.with_name(s) for s in names]
     workers = min(len(files), os.cpu_count() or 1, 8)
     if workers <= 1:
         return [work(f) for f in files]
@@ -214,9 +224,12 @@ def read_sharded(
 
     def attempt(fh: Any) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
         doc, wmap = _index_doc(index_file, fh, require)
-        parts = _each_shard(index_file, doc, lambda f: _read_shard(f, doc, wmap, mmap))
+        parts = _each_shard(
+            index_file, _shards_of(doc, wmap), lambda f: _read_shard(f, doc, wmap, mmap)
+        )
         index = {k: v for header, _ in parts for k, v in header.index.items()}
-        fmt.check_index(index_file, doc, index)
+        if doc is not None:
+            fmt.check_index(index_file, doc, index)
         header = fmt.Header(index_file, doc, index, copy=fmt.read_copy(copy))
         return header, {k: t for _, ts in parts for k, t in ts.items()}
 
@@ -242,7 +255,11 @@ def verify_sharded(index_file: Path) -> tuple[int, int]:
 
     def attempt(fh: Any) -> tuple[int, int]:
         doc, wmap = _index_doc(index_file, fh, None)
-        counts = _each_shard(index_file, doc, lambda f: check(f, doc, wmap))
+        if doc is None:
+            raise CheckpointError(
+                index_file, "has no modelfactory digests to verify (saved by another tool)"
+            )
+        counts = _each_shard(index_file, doc["shards"], lambda f: check(f, doc, wmap))
         return sum(n for n, _ in counts), sum(b for _, b in counts) + index_file.stat().st_size
 
     return _consistent(index_file, attempt)
