@@ -264,3 +264,51 @@ def test_config_yaml_being_a_directory_keeps_the_old_checkpoint(size, tmp_path: 
     assert (d / "model.safetensors").read_bytes() == before
     assert (d / "config.yaml" / "mine.txt").read_text() == "keep"
     assert torch.equal(mf.load(d)[0].weight, mf.build(CFG, seed=0)[0].weight)
+
+
+@pytest.mark.parametrize(
+    "journal",
+    [
+        '{"renames": [], "remove": ["../victim.txt"]}',
+        '{"renames": [["x", "../victim.txt"]], "remove": []}',
+        '{"renames": [[".config.yaml.1-a.tmp", "model.safetensors"]], "remove": []}',
+        '{"renames": [], "remove": ["config.yaml"]}',
+        "not json",
+        '{"renames": [], "remove": [], "run": "rm -rf /"}',
+    ],
+)
+def test_a_crafted_journal_is_refused_and_touches_nothing(journal: str, tmp_path: Path) -> None:
+    d, before = _old_checkpoint(tmp_path, SHARD)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    (d / _commit.JOURNAL).write_text(journal)
+    for read in (mf.load, mf.verify):
+        with pytest.raises(CheckpointError, match=r"modelfactory-switch\.json: corrupt journal"):
+            read(d)
+    assert victim.read_text() == "keep"
+    (d / _commit.JOURNAL).unlink()
+    _assert_untouched(d, before)
+
+
+def test_a_switch_that_cannot_be_completed_is_an_error_naming_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill left a journal in a directory this reader cannot write to."""
+    d = tmp_path / "c"
+    mf.save(mf.build(CFG, seed=0), d)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_commit, "_rename", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        mf.save(mf.build(CFG, seed=1), d, max_shard_size=SHARD)
+
+    def read_only(*args):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(_commit, "_rename", read_only)
+    with pytest.raises(CheckpointError, match=r"switch\.json: a save was interrupted .*Permission"):
+        mf.load(d)
+    monkeypatch.undo()
+    assert mf.config_of(mf.load(d))["seed"] == 1  # where it can, the switch completes
