@@ -205,11 +205,12 @@ def check_index(file: Path, doc: dict[str, Any], index: dict) -> None:
         )
 
 
-def read_tensors(file: Path, mmap: bool = True) -> dict[str, torch.Tensor]:
+def read_tensors(file: Path, mmap: bool = True, threads: int = 1) -> dict[str, torch.Tensor]:
     """All tensors of ``file``: memory-mapped (pages are read when first touched), or with
-    ``mmap=False`` copied into memory of their own (the file may change afterwards)."""
+    ``mmap=False`` copied into memory of their own (the file may change afterwards), by
+    ``threads`` threads at once."""
     if not mmap:
-        return read_owned(file)
+        return read_owned(file, threads)
     try:
         tensors = load_file(file)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:

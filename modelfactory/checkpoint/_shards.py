@@ -181,10 +181,15 @@ def _shards_of(doc: dict | None, wmap: dict[str, str]) -> list[str]:
     return doc["shards"] if doc is not None else sorted(set(wmap.values()))
 
 
+def _workers(tasks: int) -> int:
+    """Threads for reading ``tasks`` files or chunks at once."""
+    return min(tasks, os.cpu_count() or 1, 8)
+
+
 def _each_shard(index_file: Path, names: list[str], work: Callable[[Path], Any]) -> list[Any]:
     """``work(shard file)`` for every shard, in parallel threads (reads release the GIL)."""
     files = [index_file.with_name(s) for s in names]
-    workers = min(len(files), os.cpu_count() or 1, 8)
+    workers = _workers(len(files))
     if workers <= 1:
         return [work(f) for f in files]
     with ThreadPoolExecutor(workers, thread_name_prefix="modelfactory-shard") as pool:
@@ -305,7 +310,7 @@ def read_any(
 
     def once() -> tuple[fmt.Header, dict[str, torch.Tensor]]:
         header = fmt.read_header(file, require=require)
-        tensors = fmt.read_tensors(file, mmap)
+        tensors = fmt.read_tensors(file, mmap, _workers(2**30))
         header.copy = fmt.read_copy(copy)  # a save renames the copy after the file
         return header, tensors
 
