@@ -44,7 +44,7 @@ def read_owned(file: Path, threads: int = 1) -> dict[str, torch.Tensor]:
             else:
                 for task in tasks:
                     _read_into(fh, *task)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, OverflowError, RuntimeError) as e:
         raise CheckpointError(file, f"cannot read tensors ({e})") from e
     return out
 
