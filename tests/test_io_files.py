@@ -243,11 +243,11 @@ def test_a_file_that_keeps_changing_is_an_error(
     file, new_file, _ = _two_saves(tmp_path)
     original = _safefile.read_tensors
 
-    def replaced_every_time(f: Path) -> dict[str, torch.Tensor]:
+    def replaced_every_time(f: Path, *args: Any) -> dict[str, torch.Tensor]:
         os.link(file, new_file.with_name("spare.safetensors"))  # a new inode each time
         os.replace(new_file, file)
         os.replace(new_file.with_name("spare.safetensors"), new_file)
-        return original(f)
+        return original(f, *args)
 
     monkeypatch.setattr(_safefile, "read_tensors", replaced_every_time)
     with pytest.raises(CheckpointError, match="changed while being read"):

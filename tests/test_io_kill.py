@@ -90,8 +90,8 @@ def test_killed_saves_leave_old_or_new_checkpoint(tmp_path: Path) -> None:
             assert proc.stdout.readline().strip() == "reaped"
             mid_write += any(target.glob(".*.tmp"))  # left for the next save to clean up
             with warnings.catch_warnings():
-                # config.yaml is written first, so it may already be the next model's copy
-                warnings.simplefilter("ignore", UserWarning)
+                # config.yaml switches with model.safetensors, as one set: never another's
+                warnings.simplefilter("error")
                 model = mf.load(target)
             seed = mf.config_of(model)["seed"]
             seen_seeds.add(seed)

@@ -8,8 +8,8 @@ checkpoints).
 
 from __future__ import annotations
 
-import glob
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -18,7 +18,16 @@ from typing import TypeVar
 
 from ..errors import CheckpointError
 
-__all__ = ["atomic_write", "stable"]
+__all__ = [
+    "atomic_write",
+    "identity",
+    "remove_orphans",
+    "stable",
+    "sync_dir",
+    "sync_file",
+    "temp_for",
+    "unchanged",
+]
 
 # A writer's temporary file is removed by a later save only when its pid is dead here AND it
 # has not been touched for this long: on a shared filesystem the pid may be another host's.
@@ -33,41 +42,65 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     A crash or kill at any moment leaves ``path`` as it was, or complete.
     """
     _remove_orphans(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    tmp = temp_for(path)
     try:
         write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        sync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    sync_dir(path.parent)  # make the rename itself durable
 
 
 def _remove_orphans(path: Path) -> None:
-    """Delete temporary files of earlier saves to ``path`` that a killed writer left behind.
+    """Delete temporary files of earlier saves to ``path`` that a killed writer left behind."""
+    remove_orphans(path.parent, lambda final: final == path.name)
+
+
+TEMP = re.compile(r"\.(?P<final>.+)\.(?P<pid>\d+)-[^./]*\.tmp")
+
+
+def temp_for(path: Path) -> Path:
+    """A fresh temporary name beside ``path``: ``.NAME.PID-TOKEN.tmp``."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def remove_orphans(directory: Path, owned: Callable[[str], bool]) -> None:
+    """Delete the temporary files in ``directory`` of killed writers of files ``owned`` names.
 
     Conservative: the file must be untouched for ``ORPHAN_AGE_S`` seconds and its pid dead in
     this pid namespace (on a shared filesystem a pid alone could be another host's writer).
     """
     stale = time.time() - ORPHAN_AGE_S
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*-*.tmp"):
-        pid = tmp.name[len(path.name) + 2 :].split("-", 1)[0]
+    for tmp in directory.glob(".*.tmp"):
+        m = TEMP.fullmatch(tmp.name)
+        if m is None or not owned(m["final"]):
+            continue
         try:
             old = tmp.stat().st_mtime < stale
         except FileNotFoundError:  # its writer finished or another save removed it
             continue
-        if old and pid.isdigit() and not _alive(int(pid)):
+        if old and not _alive(int(m["pid"])):
             tmp.unlink(missing_ok=True)
+
+
+def sync_dir(directory: Path) -> None:
+    """Make renames and removals in ``directory`` durable."""
+    if hasattr(os, "O_DIRECTORY"):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def sync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _alive(pid: int) -> bool:
@@ -92,14 +125,14 @@ def stable(file: Path, read: Callable[[], T]) -> T:
         except OSError as e:
             raise CheckpointError(file, f"cannot open it ({e})") from e
         with fh:  # held open, so no new file can get its inode number meanwhile
-            before = _identity(os.fstat(fh.fileno()))
+            before = identity(os.fstat(fh.fileno()))
             try:
                 result = read()
             except CheckpointError:
-                if _unchanged(file, before):
+                if unchanged(file, before):
                     raise
                 continue  # the error may come from the mix: read again
-            if _unchanged(file, before):
+            if unchanged(file, before):
                 return result
     raise CheckpointError(
         file,
@@ -108,12 +141,12 @@ def stable(file: Path, read: Callable[[], T]) -> T:
     )
 
 
-def _identity(st: os.stat_result) -> tuple[int, ...]:
+def identity(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _unchanged(file: Path, before: tuple[int, ...]) -> bool:
+def unchanged(file: Path, before: tuple[int, ...]) -> bool:
     try:
-        return _identity(os.stat(file)) == before
+        return identity(os.stat(file)) == before
     except OSError:
         return False

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,14 @@ from safetensors.torch import load_file
 
 from ..errors import CheckpointError
 from ._atomic import atomic_write, stable
+from ._reader import read_owned
 from ._schema import is_count, schema_problems, short
+from ._version import FORMAT_VERSION, check_version, upgrade
 from ._writer import PAD_PREFIX, dtype_name, unsupported, write_file
 
 META_KEY = "modelfactory"
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
-FORMAT_VERSION = 1
 
 
 def tensor_digest(t: torch.Tensor) -> str:
@@ -77,17 +77,18 @@ def dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], d
     return stored, aliases
 
 
-def write(path: Path, tensors: dict[str, torch.Tensor], doc: dict[str, Any]) -> None:
-    """Atomically write ``tensors`` with ``doc`` (completed with version and digests).
+def complete(path: Path, tensors: dict[str, torch.Tensor], doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with the format version, a digest of every tensor and one of itself.
 
     Raises:
-        CheckpointError: a dtype safetensors cannot store, a reserved name, or an OS error.
+        CheckpointError: a dtype safetensors cannot store, or a reserved name.
     """
     problems = unsupported([*tensors, *doc.get("aliases", {})], tensors)
     if problems:
         raise CheckpointError(path, "cannot save:\n  " + "\n  ".join(problems))
     doc = {
         "format_version": FORMAT_VERSION,
+        "shards": [],
         **doc,
         "tensors": {
             k: [str(t.dtype).removeprefix("torch."), list(t.shape), tensor_digest(t)]
@@ -95,7 +96,20 @@ def write(path: Path, tensors: dict[str, torch.Tensor], doc: dict[str, Any]) -> 
         },
     }
     doc["digest"] = _doc_digest(doc)
-    meta = {META_KEY: json.dumps(doc, separators=(",", ":"))}
+    return doc
+
+
+def doc_text(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def write(path: Path, tensors: dict[str, torch.Tensor], doc: dict[str, Any]) -> None:
+    """Atomically write ``tensors`` with ``doc`` (completed with version and digests).
+
+    Raises:
+        CheckpointError: a dtype safetensors cannot store, a reserved name, or an OS error.
+    """
+    meta = {META_KEY: doc_text(complete(path, tensors, doc))}
     try:
         atomic_write(path, lambda tmp: write_file(tmp, tensors, meta))
     except OSError as e:  # disk full, permissions: name the file
@@ -109,6 +123,8 @@ class Header:
     file: Path
     doc: dict[str, Any] | None  # None: a plain safetensors file
     index: dict[str, tuple[str, tuple[int, ...]]]  # name -> (dtype, shape)
+    meta: dict[str, str] = field(default_factory=dict)  # the file's metadata, as stored
+    copy: bytes | None = None  # config.yaml's bytes, when read with the same version of file
 
 
 def read_header(file: Path, *, require: str | None = None) -> Header:
@@ -133,20 +149,24 @@ def read_header(file: Path, *, require: str | None = None) -> Header:
             for k in names:
                 s = f.get_slice(k)
                 index[k] = (s.get_dtype(), tuple(s.get_shape()))
-    except (SafetensorError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:  # Runtime: vanished
         raise CheckpointError(file, f"not a readable safetensors file ({e})") from e
     if META_KEY not in meta:
         if require is None:
-            return Header(file, None, index)
+            return Header(file, None, index, meta)
         raise CheckpointError(
             file,
             "not a modelfactory checkpoint: its metadata has no 'modelfactory' entry (saved by "
             "another tool?); read its tensors with load_tensors() or load_weights()",
         )
-    return Header(file, _parse_doc(file, meta[META_KEY], index, require), index)
+    doc = parse_doc(file, meta[META_KEY], require)
+    check_index(file, doc, index)
+    return Header(file, doc, index, meta)
 
 
-def _parse_doc(file: Path, text: str, index: dict, require: str | None) -> dict[str, Any]:
+def parse_doc(file: Path, text: str, require: str | None) -> dict[str, Any]:
+    """The document stored in ``file``, checked (version, digest, fields) and upgraded to
+    the current format version."""
     try:
         doc = json.loads(text)
     except ValueError as e:
@@ -160,14 +180,10 @@ def _parse_doc(file: Path, text: str, index: dict, require: str | None) -> dict[
             f"corrupt modelfactory metadata: 'format_version' must be an integer >= 1, "
             f"got {short(version)}",
         )
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            file,
-            f"format version {version} is newer than this modelfactory reads "
-            f"({FORMAT_VERSION}); upgrade modelfactory",
-        )
+    check_version(file, version)
     if doc.get("digest") != _doc_digest(doc):
         raise CheckpointError(file, "corrupt modelfactory metadata: its digest does not match")
+    doc = upgrade(file, doc)
     problems = schema_problems(doc)
     if problems:
         raise CheckpointError(file, "corrupt modelfactory metadata:\n  " + "\n  ".join(problems))
@@ -175,6 +191,11 @@ def _parse_doc(file: Path, text: str, index: dict, require: str | None) -> dict[
         raise CheckpointError(
             file, f"holds {doc['kind']!r}, not a {require}; use load_tensors() for it"
         )
+    return doc
+
+
+def check_index(file: Path, doc: dict[str, Any], index: dict) -> None:
+    """The tensors the document lists are the tensors the file's header holds."""
     listed = {k: (v[0], tuple(v[1])) for k, v in doc["tensors"].items()}
     seen = {k: (dtype_name(d), s) for k, (d, s) in index.items()}
     if listed != seen:
@@ -182,26 +203,33 @@ def _parse_doc(file: Path, text: str, index: dict, require: str | None) -> dict[
         raise CheckpointError(
             file, f"tensor index does not match its metadata: {', '.join(k for k, _ in diff[:5])}"
         )
-    return doc
 
 
-def read_tensors(file: Path) -> dict[str, torch.Tensor]:
-    """All tensors of ``file``, memory-mapped (pages are read when first touched)."""
+def read_tensors(file: Path, mmap: bool = True, threads: int = 1) -> dict[str, torch.Tensor]:
+    """All tensors of ``file``: memory-mapped (pages are read when first touched), or with
+    ``mmap=False`` copied into memory of their own (the file may change afterwards), by
+    ``threads`` threads at once."""
+    if not mmap:
+        return read_owned(file, threads)
     try:
         tensors = load_file(file)
-    except (SafetensorError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(file, f"cannot read tensors ({e})") from e
     return {k: t for k, t in tensors.items() if not k.startswith(PAD_PREFIX)}
 
 
-def read(file: Path, *, require: str | None = None) -> tuple[Header, dict[str, torch.Tensor]]:
+def read(
+    file: Path, *, require: str | None = None, mmap: bool = True
+) -> tuple[Header, dict[str, torch.Tensor]]:
     """The header and the tensors of ``file``, both read from the same version of it."""
-    return stable(file, lambda: (read_header(file, require=require), read_tensors(file)))
+    return stable(file, lambda: (read_header(file, require=require), read_tensors(file, mmap)))
 
 
-def first_bad_tensor(header: Header) -> str | None:
-    """The first tensor (in file order) whose bytes do not match the stored digest."""
-    listed = (header.doc or {}).get("tensors", {})
+def first_bad_tensor(header: Header, listed: dict[str, list] | None = None) -> str | None:
+    """The first tensor (in file order) whose bytes do not match the stored digest
+    (``listed``: name -> ``[dtype, shape, digest]``, by default the file's own document)."""
+    if listed is None:
+        listed = (header.doc or {}).get("tensors", {})
     try:
         with safe_open(header.file, framework="pt") as f:
             for k in _file_order(header.file, list(listed)):
@@ -220,22 +248,32 @@ def _file_order(file: Path, names: list[str]) -> list[str]:
     return sorted(names, key=lambda k: index[k]["data_offsets"][0])
 
 
-def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path | None]:
-    """``(file, config.yaml copy or None)`` for a checkpoint directory or file."""
-    path = Path(path)
-    if path.is_dir():
-        return path / MODEL_FILE, path / CONFIG_FILE if (path / CONFIG_FILE).is_file() else None
-    copy = path.with_name(CONFIG_FILE)
-    return path, copy if path.name == MODEL_FILE and copy.is_file() else None
+COPY_READ_MAX = 2**20
 
 
-def compare_copy(copy: Path, config: dict[str, Any], file: Path, sha256: Any = None) -> None:
+def read_copy(copy: Path | None) -> bytes | None:
+    """``config.yaml``'s bytes (``None``: no copy, unreadable, or over ``COPY_READ_MAX``)."""
+    if copy is None:
+        return None
+    try:
+        with open(copy, "rb") as fh:
+            data = fh.read(COPY_READ_MAX + 1)
+    except OSError:
+        return None
+    return data if len(data) <= COPY_READ_MAX else None
+
+
+def compare_copy(
+    copy: Path, config: dict[str, Any], file: Path, sha256: Any = None, data: bytes | None = None
+) -> None:
     """Warn when ``config.yaml`` says something else than the embedded config.
 
-    A copy whose bytes still have the digest recorded at save time is not parsed.
+    A copy whose bytes still have the digest recorded at save time is not parsed. ``data``:
+    the copy's bytes as read together with the checkpoint (a save landing in between would
+    otherwise pair one save's weights with the next one's copy).
     """
     try:
-        data = copy.read_bytes()
+        data = copy.read_bytes() if data is None else data
         if isinstance(sha256, str) and hashlib.sha256(data).hexdigest() == sha256:
             return
         other: Any = yaml.safe_load(data.decode())

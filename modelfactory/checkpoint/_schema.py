@@ -60,7 +60,7 @@ def schema_problems(doc: dict[str, Any]) -> list[str]:
         and all(isinstance(v, str) and v in stored for v in aliases.values()),
         "a mapping name -> name of a stored tensor",
     )
-    for field in ("nonpersistent", "eval"):
+    for field in ("nonpersistent", "eval", "shards"):
         expect(field, _is_names(doc.get(field, [])), "a list of names")
     knobs = doc.get("knobs", {})  # optional: checkpoints written before knobs have none
     expect("knobs", isinstance(knobs, dict), "a mapping knob name -> value")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ALIGN", "PAD_PREFIX", "dtype_name", "unsupported", "write_file"]
+__all__ = ["ALIGN", "PAD_PREFIX", "dtype_name", "dtype_of", "unsupported", "write_file"]
 
 ALIGN = 64
 PAD_PREFIX = "__modelfactory_pad__."
@@ -31,11 +31,19 @@ _CODES = {
     torch.uint64: "U64", torch.complex64: "C64",
 }  # fmt: skip
 _NAMES = {code: str(dt).removeprefix("torch.") for dt, code in _CODES.items()}
+_DTYPES = {code: dt for dt, code in _CODES.items()}
 
 
 def dtype_name(code: str) -> str:
     """safetensors' dtype code (``"BF16"``) -> torch's name (``"bfloat16"``)."""
     return _NAMES.get(code, code)
+
+
+def dtype_of(code: str) -> torch.dtype:
+    """safetensors' dtype code (``"BF16"``) -> the torch dtype; ``ValueError`` if unknown."""
+    if code not in _DTYPES:
+        raise ValueError(f"unknown dtype {code!r}")
+    return _DTYPES[code]
 
 
 def unsupported(names: Iterable[str], tensors: Mapping[str, torch.Tensor]) -> list[str]:

@@ -3,12 +3,15 @@
 
 ``load`` checks the config's targets against the trusted prefixes before anything
 is imported, rebuilds the architecture on ``meta`` with no init, assigns the
-memory-mapped tensors, re-applies ties and places the model. Only tensors and
+tensors (read into memory of their own, or memory-mapped with ``mmap=True``),
+re-applies ties and places the model. Every reader takes a single file or a
+sharded directory (``_shards``). Only tensors and
 JSON are read back: no Python object is ever deserialized.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -25,6 +28,8 @@ from ..tie import apply_ties, check_ties
 from . import _format as fmt
 from . import _state
 from ._atomic import stable
+from ._commit import recover
+from ._shards import INDEX_FILE, checkpoint_paths, read_any, resolved, verify_sharded
 from ._trust import check_config, parse_trusted
 
 __all__ = ["Verified", "load", "load_tensors", "load_weights", "verify"]
@@ -38,6 +43,8 @@ def load(
     dtype: str | torch.dtype | None = None,
     trusted: tuple[str, ...] | list[str] = (),
     strict: bool = True,
+    *,
+    mmap: bool = False,
 ) -> nn.Module:
     """Rebuild a saved model from its checkpoint alone.
 
@@ -45,7 +52,8 @@ def load(
     equal the saved model's bit for bit on the same device type and dtype.
 
     Args:
-        path: a checkpoint directory or its ``.safetensors`` file.
+        path: a checkpoint directory (single-file or sharded), its ``.safetensors`` file or
+            its ``model.safetensors.index.json``.
         device: where to place the model (``cpu``, ``cuda:1``, ``auto``...); ``None`` means
             the CPU, whatever device the model was saved from.
         dtype: cast floating parameters and buffers after loading (``"bfloat16"``).
@@ -55,6 +63,12 @@ def load(
             With ``strict=False`` mismatches are warned about: unexpected tensors are
             ignored, dtype mismatches cast, and missing or mis-shaped ones keep the
             config's seeded initialization.
+        mmap: ``False`` (default): the weights are read into memory of their own (one copy;
+            shards in parallel), so the file may be overwritten or deleted afterwards.
+            ``True``: the weights stay memory-mapped from the file (no copy, pages read
+            when touched); the file must then not change while the model lives: a file
+            overwritten in place changes the weights, and one truncated kills the process
+            (``SIGBUS``). Saves never write in place, they rename.
 
     Returns:
         The model, with ties restored as identity.
@@ -64,11 +78,12 @@ def load(
         CheckpointError: a missing or corrupt file, (strict) tensors that do not fit, or a
             ``dtype`` that is not floating.
     """
-    file, copy = fmt.checkpoint_paths(path)
-    cast = _float_dtype(dtype, file)
-    header, stored = fmt.read(file, require="model")
+    cast = _float_dtype(dtype, checkpoint_paths(path)[0])
+    file, copy, (header, stored) = resolved(
+        path, lambda f: read_any(f, require="model", mmap=mmap, copy=_copy_of(f))
+    )
     doc = header.doc or {}
-    config = _trusted_config(doc, file, copy, trusted)
+    config = _trusted_config(doc, file, copy, trusted, header.copy)
     target = resolve_device(device if device is not None else "cpu", "device")
     tensors = _with_aliases(stored, doc.get("aliases", {}))
     model = _rebuild(config, tensors, doc, file, strict)
@@ -82,15 +97,27 @@ def load(
     return attach(model, record)
 
 
+def _copy_of(file: Path) -> Path | None:
+    """The ``config.yaml`` beside a checkpoint's ``model.safetensors`` or index."""
+    copy = file.with_name(fmt.CONFIG_FILE)
+    return copy if file.name in (fmt.MODEL_FILE, INDEX_FILE) and copy.is_file() else None
+
+
 def _trusted_config(
-    doc: dict[str, Any], file: Path, copy: Path | None, trusted: Any
+    doc: dict[str, Any], file: Path, copy: Path | None, trusted: Any, data: bytes | None
 ) -> dict[str, Any]:
     """The embedded config, once every target it names is trusted; warns when the
-    ``config.yaml`` copy beside the file says something else."""
+    ``config.yaml`` copy beside the file (``data``: its bytes) says something else."""
     config = doc["config"]
     check_config(config, file, parse_trusted(trusted, file))
     if copy is not None:
-        fmt.compare_copy(copy, config, file, doc.get("config_yaml_sha256"))
+        sha256 = doc.get("config_yaml_sha256")
+        if data is not None and hashlib.sha256(data).hexdigest() != sha256:
+            # new weights may have been read just before their save renamed the copy:
+            # wait for a switch in progress, then look at the copy again
+            recover(copy.parent)
+            data = fmt.read_copy(copy)
+        fmt.compare_copy(copy, config, file, sha256, data)
     return config
 
 
@@ -154,7 +181,8 @@ def load_weights(
 
     Args:
         model: the model to fill.
-        path: a checkpoint directory or any ``.safetensors`` file.
+        path: a checkpoint directory (single-file or sharded), its index, or any
+            ``.safetensors`` file.
         prefix_map: ``{"0.": "encoder."}`` uses only the stored tensors under a listed prefix,
             renamed to the model's prefix. ``None`` uses every tensor under its own name.
         strict: every used tensor must land on a same-shaped parameter or buffer, and every
@@ -167,8 +195,7 @@ def load_weights(
     Raises:
         CheckpointError: (strict) tensors that do not fit, listed together.
     """
-    file, _ = fmt.checkpoint_paths(path)
-    header, stored = fmt.read(file)
+    file, _, (header, stored) = resolved(path, read_any)
     doc = header.doc or {}
     tensors = _with_aliases(stored, doc.get("aliases", {}))
     for key in doc.get("nonpersistent", []):
@@ -225,8 +252,7 @@ def load_tensors(path: Pathish) -> torch.Tensor | list | tuple | dict:
     Raises:
         CheckpointError: a missing or corrupt file.
     """
-    file, _ = fmt.checkpoint_paths(path)
-    header, stored = fmt.read(file)
+    _, _, (header, stored) = resolved(path, read_any)
     doc = header.doc or {}
     tensors = _with_aliases(stored, doc.get("aliases", {}))
     if doc.get("kind") != "tensors":
@@ -244,16 +270,23 @@ def verify(path: Pathish) -> Verified:
     """Recompute every digest stored at save time and compare.
 
     Args:
-        path: a checkpoint directory or a ``.safetensors`` file written by modelfactory.
+        path: a checkpoint directory (single-file or sharded), its index, or a
+            ``.safetensors`` file written by modelfactory.
 
     Returns:
-        The file, how many tensors and bytes were checked.
+        The file (the index of a sharded checkpoint), how many tensors and bytes were
+        checked.
 
     Raises:
         CheckpointError: naming the first tensor (in file order) whose bytes changed, or
             what else is wrong with the file.
     """
-    file, _ = fmt.checkpoint_paths(path)
+    return resolved(path, _verify_file)[2]
+
+
+def _verify_file(file: Path) -> Verified:
+    if file.name.endswith(".index.json"):
+        return Verified(file, *verify_sharded(file))
     return stable(file, lambda: _verify_once(file))
 
 

@@ -1,9 +1,10 @@
 """Writing checkpoints: ``save`` (a model and its architecture) and ``save_tensors``.
 
 ``save`` writes ``model.safetensors`` (the checkpoint: tensors plus the resolved
-config, format version, ties, library versions and digests in its metadata) and
-``config.yaml`` (a copy of the config for people, written first). Both writes are
-atomic. Only tensors and JSON are written: no Python object is ever pickled.
+config, format version, ties, library versions and digests in its metadata), or
+shards and their index, and ``config.yaml`` (a copy of the config for people), all
+switched as one set (``_commit``). Only tensors and JSON are written: no Python object
+is ever pickled.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +26,21 @@ from ..errors import CheckpointError, ModelFactoryError
 from ..tie import check_ties
 from . import _format as fmt
 from . import _state
-from ._atomic import atomic_write
+from ._commit import write_set
+from ._shards import INDEX_FILE, parse_size, plan, sharded_files
 
 __all__ = ["save", "save_tensors"]
 
 Pathish = str | os.PathLike
 
 
-def save(model: nn.Module, path: Pathish, *, cfg: Any = None) -> Path:
+def save(
+    model: nn.Module, path: Pathish, *, cfg: Any = None, max_shard_size: int | str | None = None
+) -> Path:
     """Save ``model`` with its architecture, atomically.
+
+    A save to a directory replaces the checkpoint there as one set (weights, index,
+    ``config.yaml``): a crash or kill at any moment leaves the old set or the new one.
 
     Args:
         model: a model made by :func:`modelfactory.build` (it carries its config), or any
@@ -41,14 +49,21 @@ def save(model: nn.Module, path: Pathish, *, cfg: Any = None) -> Path:
             ending in ``.safetensors`` (the file alone; its embedded config suffices).
         cfg: the config that builds ``model``'s architecture; defaults to the one ``build``
             recorded (:func:`modelfactory.config_of`).
+        max_shard_size: split the weights into shards of at most this many bytes (an int,
+            or ``"2GB"``, ``"500MB"``, ``"10KB"``, ``"1GiB"``), written as Hugging Face's
+            ``model-00001-of-0000N.safetensors`` plus ``model.safetensors.index.json`` (a
+            tensor bigger than that gets a shard of its own). A model that fits in one
+            shard is saved as ``model.safetensors``. ``None``: one file.
 
     Returns:
-        The ``.safetensors`` file written.
+        The ``.safetensors`` file written, or the index of a sharded checkpoint.
 
     Raises:
         CheckpointError: no config, a config that is not plain data, lazy layers not
-            materialized, broken ties, a model that no longer matches its config, or a
-            ``path`` that is an existing file not named ``*.safetensors``.
+            materialized, broken ties, a model that no longer matches its config, a
+            ``path`` that is an existing file not named ``*.safetensors``, a sharded save
+            to a file name, or a write that fails (disk full, read-only directory, a
+            directory where a file goes), which leaves the old checkpoint as it was.
     """
     path = Path(path)
     file = _target_file(path)
@@ -61,6 +76,56 @@ def save(model: nn.Module, path: Pathish, *, cfg: Any = None) -> Path:
         stored, aliases = fmt.dedupe(tensors)
     except ValueError as e:
         raise CheckpointError(file, f"cannot save: {e}") from e
+    doc = _model_doc(model, config, knobs, ties, aliases, nonpersistent)
+    limit = None if max_shard_size is None else parse_size(max_shard_size, file)
+    groups = plan(stored, limit) if limit is not None else [list(stored)]
+    make_parent(file)
+    if file.name != fmt.MODEL_FILE or file.parent != path:  # a file name: the file alone
+        if len(groups) > 1:
+            raise CheckpointError(
+                file,
+                f"needs {len(groups)} shards of max_shard_size={max_shard_size!r}: save a "
+                "sharded checkpoint to a directory, not to a file name",
+            )
+        fmt.write(file, stored, doc)
+        return file
+    authority = fmt.MODEL_FILE if len(groups) == 1 else INDEX_FILE
+    return _save_set(path, stored, doc, groups, _config_copy(config, knobs, authority))
+
+
+def _save_set(
+    directory: Path,
+    stored: dict[str, torch.Tensor],
+    doc: dict[str, Any],
+    groups: list[list[str]],
+    copy_text: str,
+) -> Path:
+    """Write the checkpoint files and ``config.yaml`` into ``directory`` as one set."""
+    doc = {**doc, "config_yaml_sha256": hashlib.sha256(copy_text.encode()).hexdigest()}
+    # config.yaml is written first (its temporary file), then all switch together
+    files: dict[str, Callable[[Path], None]] = {
+        fmt.CONFIG_FILE: lambda tmp: tmp.write_text(copy_text)
+    }
+    if len(groups) > 1:
+        files.update(sharded_files(directory, stored, doc, groups))
+        written = directory / INDEX_FILE
+    else:
+        written = directory / fmt.MODEL_FILE
+        meta = {fmt.META_KEY: fmt.doc_text(fmt.complete(written, stored, doc))}
+        files[fmt.MODEL_FILE] = lambda tmp: fmt.write_file(tmp, stored, meta)
+    write_set(directory, files)
+    return written
+
+
+def _model_doc(
+    model: nn.Module,
+    config: dict[str, Any],
+    knobs: dict[str, Any],
+    ties: list[tuple[str, list[str]]],
+    aliases: dict[str, str],
+    nonpersistent: list[str],
+) -> dict[str, Any]:
+    """What a model checkpoint's document says besides the tensors."""
     doc = {
         "kind": "model",
         "config": config,
@@ -72,11 +137,7 @@ def save(model: nn.Module, path: Pathish, *, cfg: Any = None) -> Path:
     }
     if knobs:  # for people: the config above already has them applied
         doc["knobs"] = knobs
-    make_parent(file)
-    if file.name == fmt.MODEL_FILE and file.parent == path:
-        doc["config_yaml_sha256"] = _write_config_copy(path / fmt.CONFIG_FILE, config, knobs)
-    fmt.write(file, stored, doc)
-    return file
+    return doc
 
 
 def _target_file(path: Path) -> Path:
@@ -151,17 +212,14 @@ def _check_matches_config(
     return ties
 
 
-def _write_config_copy(copy: Path, config: dict[str, Any], knobs: dict[str, Any]) -> str:
-    """Write ``config.yaml`` (a copy for people; the knobs in its header comment, so the copy
-    still builds as it is); returns its SHA-256, which lets load skip parsing an untouched
-    copy."""
-    text = "# A copy for people: the config embedded in model.safetensors is the authority.\n"
+def _config_copy(config: dict[str, Any], knobs: dict[str, Any], authority: str) -> str:
+    """The text of ``config.yaml``: a copy for people, the knobs in its header comment, so
+    the copy still builds as it is (load skips parsing a copy whose SHA-256 is unchanged)."""
+    text = f"# A copy for people: the config embedded in {authority} is the authority.\n"
     if knobs:
         shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in knobs.items())
         text += f"# Built with the knobs (already applied below): {shown}\n"
-    text += yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
-    atomic_write(copy, lambda tmp: tmp.write_text(text))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return text + yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
 
 
 def save_tensors(obj: torch.Tensor | list | tuple | dict, path: Pathish) -> Path:

@@ -1,0 +1,317 @@
+"""Sharded checkpoints, in the layout Hugging Face's ``save_pretrained`` writes.
+
+A directory holds ``model-00001-of-0000N.safetensors`` shards (each an ordinary
+safetensors file, 64-byte aligned like a single file) and
+``model.safetensors.index.json``::
+
+    {"metadata": {"total_size": BYTES, "modelfactory": "<the document, JSON text>"},
+     "weight_map": {"blocks.0.weight": "model-00001-of-00002.safetensors", ...}}
+
+The modelfactory document (config, ties, digests of every tensor, the list of
+``shards``) lives once, in the index; each shard's metadata holds only
+``{"format": "pt", "modelfactory_set": <the document's digest>}``, which binds it to
+its index, so a shard of another save is never mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from ..errors import CheckpointError
+from . import _format as fmt
+from ._atomic import READ_ATTEMPTS, identity, stable, unchanged
+from ._commit import JOURNAL, recover
+from ._schema import short
+
+__all__ = ["INDEX_FILE", "parse_size", "plan", "read_sharded", "sharded_files", "verify_sharded"]
+
+T = TypeVar("T")
+INDEX_FILE = "model.safetensors.index.json"
+SET_KEY = "modelfactory_set"
+_PLAIN = re.compile(r"[^./\\][^/\\]*\.safetensors")  # a shard of another tool's index
+INDEX_MAX = 100 * 2**20  # bytes; safetensors caps a header at 100 MB too
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
+
+
+def parse_size(size: int | str, file: Path) -> int:
+    """``max_shard_size`` in bytes: an int, or ``"2GB"``, ``"500MB"``, ``"10KB"``, ``"1GiB"``."""
+    m = (
+        re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([a-zA-Z]*)\s*", size)
+        if isinstance(size, str)
+        else None
+    )
+    if m and m[2].lower() in _UNITS:
+        size = int(float(m[1]) * _UNITS[m[2].lower()])
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise CheckpointError(
+            file,
+            f"max_shard_size={size!r}: expected "
+            "a positive number of bytes, as an int or a string like '2GB', '500MB', '10KB'",
+        )
+    return size
+
+
+def shard_names(n: int) -> list[str]:
+    """``model-00001-of-0000N.safetensors``, ... for ``n`` shards."""
+    return [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def plan(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[list[str]]:
+    """Tensor names per shard, in the model's order; a shard is closed before the tensor
+    that would take it over ``max_bytes`` (a bigger tensor gets a shard of its own)."""
+    shards: list[list[str]] = [[]]
+    used = 0
+    for name, t in tensors.items():
+        if shards[-1] and used + _nbytes(t) > max_bytes:
+            shards.append([])
+            used = 0
+        shards[-1].append(name)
+        used += _nbytes(t)
+    return shards
+
+
+def sharded_files(
+    directory: Path, tensors: dict[str, torch.Tensor], doc: dict[str, Any], groups: list[list[str]]
+) -> dict[str, Callable[[Path], None]]:
+    """Final name -> writer of each file of a sharded set (the shards, then the index)."""
+    names = shard_names(len(groups))
+    full = fmt.complete(directory / INDEX_FILE, tensors, {**doc, "shards": names})
+    meta = {"format": "pt", SET_KEY: full["digest"]}
+    files: dict[str, Callable[[Path], None]] = {}
+    for name, group in zip(names, groups, strict=True):
+        part = {k: tensors[k] for k in group}
+        files[name] = lambda tmp, part=part: fmt.write_file(tmp, part, meta)
+    index = {
+        "metadata": {
+            "total_size": sum(_nbytes(t) for t in tensors.values()),
+            fmt.META_KEY: fmt.doc_text(full),
+        },
+        "weight_map": {
+            k: name for name, group in zip(names, groups, strict=True) for k in sorted(group)
+        },
+    }
+    text = json.dumps(index, indent=2, sort_keys=True) + "\n"
+    files[INDEX_FILE] = lambda tmp: tmp.write_text(text)
+    return files
+
+
+class _Changed(Exception):
+    """The set changed while it was read (or is inconsistent): ``file`` and why."""
+
+    def __init__(self, file: Path, why: str) -> None:
+        self.file, self.why = file, why
+
+
+def _index_doc(
+    index_file: Path, fh: Any, require: str | None
+) -> tuple[dict | None, dict[str, str]]:
+    """The checked document and weight map of an open index file; with ``require=None`` the
+    document of another tool's index is ``None``."""
+    text = fh.read(INDEX_MAX + 1)
+    if len(text) > INDEX_MAX:
+        raise CheckpointError(index_file, f"is over {INDEX_MAX:,} bytes: not an index")
+    try:
+        index = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(index_file, f"not a readable index: not JSON ({e})") from e
+    meta = index.get("metadata") if isinstance(index, dict) else None
+    wmap = index.get("weight_map") if isinstance(index, dict) else None
+    ok_map = isinstance(wmap, dict) and all(isinstance(v, str) for v in wmap.values())
+    if not isinstance(meta, dict) or not isinstance(meta.get(fmt.META_KEY), str):
+        if require is None and ok_map and all(_PLAIN.fullmatch(v) for v in wmap.values()):
+            return None, wmap  # another tool's index (save_pretrained): plain tensors
+        raise CheckpointError(
+            index_file,
+            "not a modelfactory index: expected 'metadata' with a 'modelfactory' entry (written "
+            "by another tool?); read its shards with load_tensors() or load_weights()",
+        )
+    doc = fmt.parse_doc(index_file, meta[fmt.META_KEY], require)
+    shards = doc["shards"]
+    if not shards or shards != shard_names(len(shards)) or not ok_map:
+        raise CheckpointError(
+            index_file,
+            f"corrupt index: expected shards named model-NNNNN-of-NNNNN.safetensors and a "
+            f"'weight_map' name -> shard, got shards {short(shards)}",
+        )
+    if set(wmap) != set(doc["tensors"]) or not set(wmap.values()) <= set(shards):
+        raise CheckpointError(
+            index_file, "corrupt index: its 'weight_map' does not list the document's tensors"
+        )
+    return doc, wmap
+
+
+def _in_set(file: Path, doc: dict | None, read: Callable[[], Any]) -> Any:
+    """``read()`` of a shard, whose header (``read()[0]`` or ``read()``) must be of ``doc``'s
+    set; a shard that is gone or of another save means the set changed under the reader."""
+    try:
+        result = read()
+    except CheckpointError as e:
+        if not file.is_file():  # removed by a save switching sets: read the set again
+            raise _Changed(file, "missing shard: expected by model.safetensors.index.json") from e
+        raise
+    header = result[0] if isinstance(result, tuple) else result
+    if doc is not None and header.meta.get(SET_KEY) != doc["digest"]:
+        raise _Changed(file, "belongs to another save than model.safetensors.index.json beside it")
+    return result
+
+
+def _read_shard(
+    file: Path, doc: dict | None, wmap: dict[str, str], mmap: bool
+) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
+    header, tensors = _in_set(file, doc, lambda: fmt.read(file, mmap=mmap))
+    if set(header.index) != {k for k, s in wmap.items() if s == file.name}:
+        raise _Changed(file, "holds other tensors than model.safetensors.index.json says")
+    return header, tensors
+
+
+def _shards_of(doc: dict | None, wmap: dict[str, str]) -> list[str]:
+    return doc["shards"] if doc is not None else sorted(set(wmap.values()))
+
+
+def _workers(tasks: int) -> int:
+    """Threads for reading ``tasks`` files or chunks at once."""
+    return min(tasks, os.cpu_count() or 1, 8)
+
+
+def _each_shard(index_file: Path, names: list[str], work: Callable[[Path], Any]) -> list[Any]:
+    """``work(shard file)`` for every shard, in parallel threads (reads release the GIL)."""
+    files = [index_file.with_name(s) for s in names]
+    workers = _workers(len(files))
+    if workers <= 1:
+        return [work(f) for f in files]
+    with ThreadPoolExecutor(workers, thread_name_prefix="modelfactory-shard") as pool:
+        return list(pool.map(work, files))
+
+
+def _consistent(index_file: Path, attempt: Callable[[Any], Any]) -> Any:
+    """``attempt(open index)``, read again while the set changes under it (a save landing)."""
+    for _ in range(READ_ATTEMPTS):
+        try:
+            fh = open(index_file, "rb")  # noqa: SIM115 (closed below)
+        except OSError as e:
+            raise CheckpointError(index_file, f"cannot open it ({e})") from e
+        with fh:
+            before = identity(os.fstat(fh.fileno()))
+            try:
+                result = attempt(fh)
+            except _Changed as e:
+                if unchanged(index_file, before) and not (index_file.parent / JOURNAL).exists():
+                    raise CheckpointError(e.file, e.why) from None
+                recover(index_file.parent)
+                continue
+            if unchanged(index_file, before):
+                return result
+    raise CheckpointError(
+        index_file,
+        f"the set changed while being read, {READ_ATTEMPTS} times in a row: another process "
+        "keeps saving to it; read it once that is done",
+    )
+
+
+def read_sharded(
+    index_file: Path, *, require: str | None = None, mmap: bool = True, copy: Path | None = None
+) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
+    """The document and every tensor of a sharded checkpoint, all of one save (and the bytes
+    of its ``copy``, ``config.yaml``, renamed after the index by a save)."""
+
+    def attempt(fh: Any) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
+        doc, wmap = _index_doc(index_file, fh, require)
+        parts = _each_shard(
+            index_file, _shards_of(doc, wmap), lambda f: _read_shard(f, doc, wmap, mmap)
+        )
+        index = {k: v for header, _ in parts for k, v in header.index.items()}
+        if doc is not None:
+            fmt.check_index(index_file, doc, index)
+        header = fmt.Header(index_file, doc, index, copy=fmt.read_copy(copy))
+        return header, {k: t for _, ts in parts for k, t in ts.items()}
+
+    return _consistent(index_file, attempt)
+
+
+def verify_sharded(index_file: Path) -> tuple[int, int]:
+    """Recompute every shard's digests; returns ``(tensors, bytes)`` checked.
+
+    Raises:
+        CheckpointError: naming the shard and the first tensor whose bytes changed.
+    """
+
+    def check(file: Path, doc: dict, wmap: dict[str, str]) -> tuple[int, int]:
+        header = _in_set(file, doc, lambda: fmt.read_header(file))
+        listed = {k: doc["tensors"][k] for k, s in wmap.items() if s == file.name}
+        bad = fmt.first_bad_tensor(header, listed)
+        if bad is not None:
+            raise CheckpointError(
+                file, f"tensor {bad!r} does not match the digest stored at save time: corrupt data"
+            )
+        return len(listed), file.stat().st_size
+
+    def attempt(fh: Any) -> tuple[int, int]:
+        doc, wmap = _index_doc(index_file, fh, None)
+        if doc is None:
+            raise CheckpointError(
+                index_file, "has no modelfactory digests to verify (saved by another tool)"
+            )
+        counts = _each_shard(index_file, doc["shards"], lambda f: check(f, doc, wmap))
+        return sum(n for n, _ in counts), sum(b for _, b in counts) + index_file.stat().st_size
+
+    return _consistent(index_file, attempt)
+
+
+def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path | None]:
+    """``(file, config.yaml copy or None)`` for a checkpoint directory, its
+    ``model.safetensors`` or index, or any ``.safetensors`` file. A switch that an
+    interrupted save left half done is completed first."""
+    path = Path(path)
+    directory = path if path.is_dir() else path.parent
+    if path.is_dir() or path.name in (fmt.MODEL_FILE, INDEX_FILE):
+        recover(directory)
+    if path.is_dir():
+        path = path / (INDEX_FILE if (path / INDEX_FILE).is_file() else fmt.MODEL_FILE)
+    elif path.name not in (fmt.MODEL_FILE, INDEX_FILE):
+        return path, None
+    copy = directory / fmt.CONFIG_FILE
+    return path, copy if copy.is_file() else None
+
+
+def resolved(path: str | os.PathLike, read: Callable[[Path], T]) -> tuple[Path, Path | None, T]:
+    """``(file, config.yaml copy, read(file))`` for a checkpoint ``path``. In a directory the
+    file is found again when a save switched layouts between finding it and reading it
+    (one file to shards, or back: the file found is gone)."""
+    for attempt in range(READ_ATTEMPTS):
+        file, copy = checkpoint_paths(path)
+        try:
+            return file, copy, read(file)
+        except CheckpointError:
+            if attempt + 1 == READ_ATTEMPTS or file.exists() or not Path(path).is_dir():
+                raise
+    raise AssertionError("unreachable")
+
+
+def read_any(
+    file: Path, *, require: str | None = None, mmap: bool = True, copy: Path | None = None
+) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
+    """A single file or a sharded set, by ``file``'s name; ``header.copy`` holds the bytes
+    of ``copy`` (``config.yaml``) as read with that version of the checkpoint."""
+    if file.name.endswith(".index.json"):
+        return read_sharded(file, require=require, mmap=mmap, copy=copy)
+
+    def once() -> tuple[fmt.Header, dict[str, torch.Tensor]]:
+        header = fmt.read_header(file, require=require)
+        tensors = fmt.read_tensors(file, mmap, _workers(2**30))
+        header.copy = fmt.read_copy(copy)  # a save renames the copy after the file
+        return header, tensors
+
+    return stable(file, once)
