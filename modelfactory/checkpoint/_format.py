@@ -13,13 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
@@ -224,28 +222,12 @@ def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path | None]:
     """``(file, config.yaml copy or None)`` for a checkpoint directory or file."""
     path = Path(path)
     if path.is_dir():
-        return path / MODEL_FILE, path / CONFIG_FILE if (path / CONFIG_FILE).is_file() else None
-    copy = path.with_name(CONFIG_FILE)
-    return path, copy if path.name == MODEL_FILE and copy.is_file() else None
-
-
-def compare_copy(copy: Path, config: dict[str, Any], file: Path, sha256: Any = None) -> None:
-    """Warn when ``config.yaml`` says something else than the embedded config.
-
-    A copy whose bytes still have the digest recorded at save time is not parsed.
-    """
-    try:
-        data = copy.read_bytes()
-        if isinstance(sha256, str) and hashlib.sha256(data).hexdigest() == sha256:
-            return
-        other: Any = yaml.safe_load(data.decode())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        other = e
-    if other != config:
-        warnings.warn(
-            f"{copy} differs from the config embedded in {file}; using the embedded one",
-            stacklevel=3,
-        )
+        file, copy = path / MODEL_FILE, path / CONFIG_FILE
+    else:
+        file, copy = path, path.with_name(CONFIG_FILE)
+    # Whatever is there (a directory, a FIFO) is the copy's problem: compare_copy warns.
+    present = file.name == MODEL_FILE and (copy.exists() or copy.is_symlink())
+    return file, copy if present else None
 
 
 def versions() -> dict[str, str]:

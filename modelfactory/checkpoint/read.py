@@ -25,6 +25,7 @@ from ..tie import apply_ties, check_ties
 from . import _format as fmt
 from . import _state
 from ._atomic import stable
+from ._config_copy import compare_copy
 from ._trust import check_config, parse_trusted
 
 __all__ = ["Verified", "load", "load_tensors", "load_weights", "verify"]
@@ -90,7 +91,7 @@ def _trusted_config(
     config = doc["config"]
     check_config(config, file, parse_trusted(trusted, file))
     if copy is not None:
-        fmt.compare_copy(copy, config, file, doc.get("config_yaml_sha256"))
+        compare_copy(copy, config, file, doc.get("config_yaml_sha256"))
     return config
 
 
