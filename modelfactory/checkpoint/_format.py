@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 from ..errors import CheckpointError
 from ._atomic import atomic_write, stable
+from ._bounds import check_shapes
 from ._schema import is_count, schema_problems, short
 from ._writer import PAD_PREFIX, dtype_name, unsupported, write_file
 
@@ -133,6 +134,7 @@ def read_header(file: Path, *, require: str | None = None) -> Header:
                 index[k] = (s.get_dtype(), tuple(s.get_shape()))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(file, f"not a readable safetensors file ({e})") from e
+    check_shapes(file, index)
     if META_KEY not in meta:
         if require is None:
             return Header(file, None, index)

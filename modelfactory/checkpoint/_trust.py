@@ -12,7 +12,10 @@ a function defined elsewhere does not pass.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -75,9 +78,9 @@ def check_config(cfg: dict[str, Any], file: object, trusted: tuple[str, ...]) ->
         if not targets:
             # Strings passed: import the model's targets and check what they really are.
             _check_modules(
-                cfg.get("model"), "model", (*MODULE_PREFIXES, *trusted), targets, missing
+                cfg.get("model"), "model", (*MODULE_PREFIXES, *trusted), trusted, targets, missing
             )
-            _check_init_fns(cfg.get("init"), (*INIT_PREFIXES, *trusted), targets)
+            _check_init_fns(cfg.get("init"), (*INIT_PREFIXES, *trusted), trusted, targets)
     except RecursionError as e:
         raise CheckpointError(file, "the embedded config nests too deeply") from e
     if targets:
@@ -211,10 +214,62 @@ def _walk(
         interpolations.append(path)
 
 
+# modelfactory's own modules of blocks and init functions: importing one runs our code only.
+_IMPORTABLE = ("modelfactory.blocks", "modelfactory.layers", "modelfactory.init")
+
+
+class _NotLoaded(Exception):
+    """A name under a built-in prefix that only an import could find (refused unimported)."""
+
+
+def _peek(name: str, trusted: tuple[str, ...]) -> Any:
+    """What dotted ``name`` names, found without importing anything the caller did not
+    trust: under ``torch.nn`` / ``modelfactory`` only what is already loaded (plus our block
+    modules) is looked at, attribute by attribute, never through a module ``__getattr__``.
+
+    Raises:
+        TargetNotFound: a name under a trusted prefix that does not import.
+        _NotLoaded: a name under a built-in prefix that is not loaded.
+    """
+    if _allowed(name, trusted):
+        return locate(name)  # the caller trusts the package: importing it is theirs to allow
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        module_name = ".".join(parts[:i])
+        if module_name in _IMPORTABLE:
+            importlib.import_module(module_name)
+        obj = sys.modules.get(module_name)
+        if obj is not None:
+            break
+    else:
+        raise _NotLoaded(f"{name!r} is not loaded with torch.nn or modelfactory")
+    for j in range(i, len(parts)):
+        try:
+            obj = inspect.getattr_static(obj, parts[j])
+        except AttributeError:
+            raise _NotLoaded(
+                f"{name!r} is not loaded with torch.nn or modelfactory ({'.'.join(parts[:j])!r} "
+                f"has no loaded {parts[j]!r}); nothing was imported to look for it"
+            ) from None
+    return obj
+
+
+def _resolve(name: str, where: str, trusted: tuple[str, ...], targets: list, missing: list) -> Any:
+    """``_peek(name)``, or ``None`` with the reason recorded (refused, or not importable)."""
+    try:
+        return _peek(name, trusted)
+    except _NotLoaded as e:
+        targets.append((where, str(e)))
+    except TargetNotFound as e:
+        missing.append((where, f"cannot import {name!r}: {e}"))
+    return None
+
+
 def _check_modules(
     v: Any,
     path: str,
     prefixes: tuple[str, ...],
+    trusted: tuple[str, ...],
     targets: list[tuple[str, str]],
     missing: list[tuple[str, str]],
 ) -> None:
@@ -223,11 +278,7 @@ def _check_modules(
         name = v.get("_target_")
         if isinstance(name, str):
             where = path_join(path, "_target_")
-            try:
-                obj = locate(name)
-            except TargetNotFound as e:
-                missing.append((where, f"cannot import {name!r}: {e}"))
-                obj = None
+            obj = _resolve(name, where, trusted, targets, missing)
             if obj is not None:
                 if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
                     targets.append(
@@ -239,13 +290,15 @@ def _check_modules(
                     )
         for k, x in v.items():
             if k != "_target_":
-                _check_modules(x, path_join(path, k), prefixes, targets, missing)
+                _check_modules(x, path_join(path, k), prefixes, trusted, targets, missing)
     elif isinstance(v, list):
         for i, x in enumerate(v):
-            _check_modules(x, path_join(path, i), prefixes, targets, missing)
+            _check_modules(x, path_join(path, i), prefixes, trusted, targets, missing)
 
 
-def _check_init_fns(init: Any, prefixes: tuple[str, ...], targets: list[tuple[str, str]]) -> None:
+def _check_init_fns(
+    init: Any, prefixes: tuple[str, ...], trusted: tuple[str, ...], targets: list[tuple[str, str]]
+) -> None:
     """Init functions (called only by a non-strict load) must really live under a prefix."""
     rules = init.get("rules") if isinstance(init, dict) else None
     for i, rule in enumerate(rules if isinstance(rules, list) else []):
@@ -254,10 +307,8 @@ def _check_init_fns(init: Any, prefixes: tuple[str, ...], targets: list[tuple[st
         if not isinstance(name, str):
             continue
         where = f"init.rules.{i}.fn._target_"
-        try:
-            obj = locate(name)
-        except TargetNotFound as e:
-            targets.append((where, f"cannot resolve {name!r}: {e}"))
+        obj = _resolve(name, where, trusted, targets, targets)
+        if obj is None:
             continue
         if not callable(obj) or not _allowed(qualified_name(obj), prefixes):
             targets.append(
