@@ -19,6 +19,7 @@ from torch.overrides import TorchFunctionMode
 
 from ._seeding import Streams, mix
 from ._spec import Node, Raw
+from ._targets import signature_of
 from .errors import ArgumentError, BuildError, ModelFactoryError
 
 ROOT = "model"
@@ -71,6 +72,8 @@ def _build_node(node: Node, parent_key: int, ctx: Context, device: torch.device)
         kwargs = {k: _fresh(v) for k, v in node.kwargs.items()}
     else:
         args, kwargs = node.args, node.kwargs  # immutable scalars: safe to pass as they are
+    if dev.type == "meta":
+        args, kwargs = _kept_on_meta(node, args, kwargs)
     if node.convert:
         args, kwargs = _omegaconf_containers(args, kwargs)
     if node.partial:
@@ -93,6 +96,20 @@ def _build_node(node: Node, parent_key: int, ctx: Context, device: torch.device)
     if isinstance(out, nn.Module):
         ctx.records.append(Built(out, node, key))
     return out
+
+
+def _kept_on_meta(node: Node, args: list[Any], kwargs: dict[str, Any]) -> tuple[list, dict]:
+    """A node built on ``meta`` stays there: a ``device`` argument of its own
+    (``Linear(20000, 20000, device="cpu")`` in a checkpoint's config) must not make it
+    allocate real memory before its shapes are checked."""
+    if "device" in kwargs:
+        kwargs = {**kwargs, "device": "meta"}
+    if args:
+        positional = signature_of(node.target).positional if node.target is not None else ()
+        if "device" in positional[: len(args)]:
+            args = list(args)
+            args[positional.index("device")] = "meta"
+    return args, kwargs
 
 
 def _factory(node: Node, key: int, ctx: Context, device: torch.device) -> Callable[[int], Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import math
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -22,8 +21,8 @@ from typing import Any
 from torch import nn
 
 from .._targets import TargetNotFound, locate, qualified_name
-from ..blocks import Repeat
 from ..errors import CheckpointError, UntrustedTargetError, path_join
+from ._bounds import MAX_BLOCKS, check_size
 
 __all__ = ["check_config", "parse_trusted"]
 
@@ -31,10 +30,6 @@ MODULE_PREFIXES = ("torch.nn", "modelfactory")
 # Init functions are called with arguments taken from the file, so by default only the
 # initializer modules are allowed, not everything under torch.nn / modelfactory.
 INIT_PREFIXES = ("torch.nn.init", "modelfactory.init")
-# A bound on the work a file can ask for: GPT-2 needs about 200 blocks.
-MAX_BLOCKS = 50_000
-# ... and on the sample input a restored config may ask for (elements of ``input_shape``).
-MAX_INPUT_ELEMENTS = 2**28
 
 
 def parse_trusted(trusted: Iterable[str], file: object) -> tuple[str, ...]:
@@ -105,73 +100,7 @@ def check_config(cfg: dict[str, Any], file: object, trusted: tuple[str, ...]) ->
             "the embedded config holds interpolations, which a saved (resolved) config never "
             "has: " + ", ".join(interpolations),
         )
-    _check_size(cfg, file)
-
-
-def _check_size(cfg: dict[str, Any], file: object) -> None:
-    """Refuse configs that would build too many blocks (``Repeat`` copies counted) or ask
-    for a huge sample input; runs after the targets are checked, so it may import them."""
-    try:
-        blocks = _expanded_blocks(cfg, {})
-    except RecursionError as e:
-        raise CheckpointError(file, "the embedded config nests too deeply") from e
-    if blocks > MAX_BLOCKS:
-        raise CheckpointError(
-            file,
-            f"the embedded config builds more than the {MAX_BLOCKS:,} blocks a checkpoint may "
-            "hold (Repeat copies counted); refusing to build it",
-        )
-    shape = cfg.get("input_shape")
-    if shape is None:
-        return
-    if not (isinstance(shape, list) and all(_is_int(n) and n >= 0 for n in shape)):
-        raise CheckpointError(
-            file, f"input_shape: expected a list of positive integers, got {shape!r:.80}"
-        )
-    if math.prod(shape) > MAX_INPUT_ELEMENTS:
-        raise CheckpointError(
-            file,
-            f"input_shape {shape!r:.80} asks for more than the {MAX_INPUT_ELEMENTS:,} input "
-            "elements a checkpoint may ask for; refusing it",
-        )
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _expanded_blocks(v: Any, repeats: dict[str, bool]) -> int:
-    """How many blocks ``v`` builds, counting each ``Repeat``'s subtree ``n`` times (capped
-    just above ``MAX_BLOCKS``); ``repeats`` caches which targets are ``Repeat`` classes."""
-    if isinstance(v, list):
-        total = 0
-        for x in v:
-            total = min(total + _expanded_blocks(x, repeats), MAX_BLOCKS + 1)
-        return total
-    if not isinstance(v, dict):
-        return 0
-    inner = 0
-    for k, x in v.items():
-        if k != "_target_":
-            inner = min(inner + _expanded_blocks(x, repeats), MAX_BLOCKS + 1)
-    n = _repeat_count(v, repeats)
-    return min(int("_target_" in v) + n * inner, MAX_BLOCKS + 1)
-
-
-def _repeat_count(node: dict[str, Any], repeats: dict[str, bool]) -> int:
-    """``n`` if ``node`` builds a ``Repeat`` (by any import path, or a subclass), else 1."""
-    args = node.get("_args_")
-    n = node.get("n", args[0] if isinstance(args, list) and args else None)
-    name = node.get("_target_")
-    if not (_is_int(n) and n > 1 and isinstance(name, str)):
-        return 1
-    if name not in repeats:
-        try:
-            obj = locate(name)
-        except TargetNotFound:
-            obj = None
-        repeats[name] = isinstance(obj, type) and issubclass(obj, Repeat)
-    return n if repeats[name] else 1
+    check_size(cfg, file)
 
 
 def _count_targets(tree: Any) -> int:

@@ -25,6 +25,7 @@ from ..tie import apply_ties, check_ties
 from . import _format as fmt
 from . import _state
 from ._atomic import stable
+from ._bounds import check_fill
 from ._config_copy import compare_copy
 from ._trust import check_config, parse_trusted
 
@@ -115,6 +116,7 @@ def _rebuild(
             "load(strict=False) to load what fits):\n  " + "\n  ".join(problems),
         )
     if problems:
+        check_fill(file, expected, tensors)
         warnings.warn(f"{file}: loading what fits:\n  " + "\n  ".join(problems), stacklevel=3)
         record = record_of(model)
         model = _state.fit(model, config, tensors, expected, nonpersistent, aliases)
