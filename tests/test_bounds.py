@@ -123,7 +123,12 @@ def test_copies_made_inside_targets_count_towards_the_block_bound(
 def test_small_transformers_and_rnns_still_load(tmp_path: Path):
     cfg = {
         "model": seq(
-            {"_target_": "torch.nn.TransformerEncoder", "encoder_layer": TE_LAYER, "num_layers": 2},
+            {
+                "_target_": "torch.nn.TransformerEncoder",
+                "encoder_layer": TE_LAYER,
+                "num_layers": 2,
+                "enable_nested_tensor": False,
+            },
             {"_target_": "torch.nn.LSTM", "input_size": 8, "hidden_size": 4, "num_layers": 2},
         )
     }
