@@ -7,6 +7,7 @@ module the core sees only plain Python (dicts, lists, scalars), never a ``DictCo
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,8 @@ DEFAULTS: dict[str, Any] = {
     "input_shape": None,
     "input_dtype": "float32",
 }
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+MAX_ELEMENTS = 2**63 - 1  # a tensor's element count is an int64
 
 
 @dataclass
@@ -70,6 +73,8 @@ def normalize(cfg: Any) -> BuildConfig:
     seed, shape = full["seed"], full["input_shape"]
     if isinstance(seed, bool) or not isinstance(seed, int):
         problems.append(("seed", f"expected an integer, got {seed!r}"))
+    elif not SEED_MIN <= seed <= SEED_MAX:  # what torch.Generator.manual_seed takes
+        problems.append(("seed", f"expected an integer from -2**63 to 2**64 - 1, got {seed}"))
     init = _section(full, "init", ("rules",), problems)
     tie = _section(full, "tie", ("groups",), problems)
     dev = _section(full, "device", ("device", "dtype", "map"), problems)
@@ -81,6 +86,10 @@ def normalize(cfg: Any) -> BuildConfig:
         or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
     ):
         problems.append(("input_shape", f"expected a list of positive integers, got {shape!r}"))
+    elif shape is not None and math.prod(shape) > MAX_ELEMENTS:
+        problems.append(
+            ("input_shape", f"{shape} has more elements than a tensor can hold (2**63 - 1)")
+        )
     if problems:
         raise ConfigError(problems, header=_header(problems))
     return BuildConfig(

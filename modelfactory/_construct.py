@@ -1,7 +1,7 @@
 """Construct modules from a validated spec.
 
-Every node is constructed directly where the model will live, after the
-default generator of that device is re-seeded from the node's stream key, so
+Every node is constructed directly where the model will live, after the build's
+private generator for that device is seeded from the node's stream key, so
 PyTorch's own default init runs once, on the target device, and gives the
 same values whatever else the config contains.
 """
@@ -17,8 +17,9 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ._seeding import default_generator, mix
+from ._seeding import Streams, mix
 from ._spec import Node, Raw
+from ._targets import signature_of
 from .errors import ArgumentError, BuildError, ModelFactoryError
 
 ROOT = "model"
@@ -42,13 +43,7 @@ class Context:
     seed_streams: bool = True
     node_devices: dict[int, torch.device] = field(default_factory=dict)  # key -> device
     records: list[Built] = field(default_factory=list)
-    default_gen: torch.Generator | None = field(init=False, default=None)
-
-    def __post_init__(self) -> None:
-        self.default_gen = self.generator(self.device)
-
-    def generator(self, device: torch.device) -> torch.Generator | None:
-        return default_generator(device) if self.seed_streams else None
+    streams: Streams = field(default_factory=Streams)  # what constructors draw from
 
 
 def record_paths(records: list[Built]) -> dict[int, str]:
@@ -77,19 +72,18 @@ def _build_node(node: Node, parent_key: int, ctx: Context, device: torch.device)
         kwargs = {k: _fresh(v) for k, v in node.kwargs.items()}
     else:
         args, kwargs = node.args, node.kwargs  # immutable scalars: safe to pass as they are
+    if dev.type == "meta":
+        args, kwargs = _kept_on_meta(node, args, kwargs)
     if node.convert:
         args, kwargs = _omegaconf_containers(args, kwargs)
     if node.partial:
         return functools.partial(node.target, *args, **kwargs)
     try:
+        if ctx.seed_streams and node.seeded:
+            ctx.streams.seed(dev, key)
         if dev is ctx.device:
-            if ctx.default_gen is not None and node.seeded:
-                ctx.default_gen.manual_seed(key)
             out = node.target(*args, **kwargs)
         else:
-            gen = ctx.generator(dev)
-            if gen is not None:
-                gen.manual_seed(key)
             with torch.device(dev):
                 out = node.target(*args, **kwargs)
     except ModelFactoryError:
@@ -102,6 +96,20 @@ def _build_node(node: Node, parent_key: int, ctx: Context, device: torch.device)
     if isinstance(out, nn.Module):
         ctx.records.append(Built(out, node, key))
     return out
+
+
+def _kept_on_meta(node: Node, args: list[Any], kwargs: dict[str, Any]) -> tuple[list, dict]:
+    """A node built on ``meta`` stays there: a ``device`` argument of its own
+    (``Linear(20000, 20000, device="cpu")`` in a checkpoint's config) must not make it
+    allocate real memory before its shapes are checked."""
+    if "device" in kwargs:
+        kwargs = {**kwargs, "device": "meta"}
+    if args:
+        positional = signature_of(node.target).positional if node.target is not None else ()
+        if "device" in positional[: len(args)]:
+            args = list(args)
+            args[positional.index("device")] = "meta"
+    return args, kwargs
 
 
 def _factory(node: Node, key: int, ctx: Context, device: torch.device) -> Callable[[int], Any]:

@@ -54,6 +54,13 @@ def resolve(cfg: Any) -> Resolved:
         ConfigError: a file that is not YAML, an interpolation that does not resolve, ``???``
             values, a value that cannot be copied, or an unsupported form; each with its path.
     """
+    try:
+        return _resolve(cfg)
+    except RecursionError as e:  # OmegaConf and YAML recurse: a config 400 lists deep
+        raise ConfigError([("", f"config nests deeper than {MAX_DEPTH} levels")]) from e
+
+
+def _resolve(cfg: Any) -> Resolved:
     if isinstance(cfg, dict):  # first: a plain dict needs no omegaconf import (load is fast)
         return _from_dict(cfg)
     from omegaconf import OmegaConf
@@ -284,7 +291,19 @@ def _load_yaml(path: str | os.PathLike) -> Any:
         return OmegaConf.load(path)
     except FileNotFoundError as e:
         raise ConfigError([(str(path), "no such config file")]) from e
-    except (OmegaConfBaseException, ValueError, OSError) as e:
-        raise ConfigError([(str(path), f"not a readable YAML config: {e}")]) from e
-    except Exception as e:  # yaml's own parser errors
-        raise ConfigError([(str(path), f"not valid YAML: {e}")]) from e
+    except Exception as e:
+        if _recursed(e):  # OmegaConf wraps the RecursionError of a config nested too deep
+            raise ConfigError([(str(path), f"config nests deeper than {MAX_DEPTH} levels")]) from e
+        if isinstance(e, (OmegaConfBaseException, ValueError, OSError)):
+            raise ConfigError([(str(path), f"not a readable YAML config: {e}")]) from e
+        raise ConfigError([(str(path), f"not valid YAML: {e}")]) from e  # yaml's parser errors
+
+
+def _recursed(e: BaseException | None) -> bool:
+    """Whether ``e`` or an exception it was raised from is a ``RecursionError``."""
+    seen = 0
+    while e is not None and seen < 50:
+        if isinstance(e, RecursionError):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False

@@ -6,26 +6,29 @@ seeds the generator that module's construction (PyTorch's default init) or its
 init rules draw from. Keys are derived with a fast hash (``blake2b``), never by
 reseeding per node with ``torch.manual_seed`` (~100 us a call).
 
-PyTorch's default init draws from the device's *default* generator, so a build
-reseeds it and restores it afterwards with ``torch.random.fork_rng``: building
-leaves the global RNG as it found it.
+PyTorch's default init draws from the device's *default* generator unless given
+one, and modules take no generator. A build never touches the global generators
+(nor ``torch.set_default_dtype``), so builds in several threads cannot disturb each
+other or the caller: it runs the constructors under :class:`DrawFrom`, a torch function
+mode (per thread, like ``torch.device(...)``) that hands every random op without an
+explicit ``generator`` the build's private generator for that device (:class:`Streams`),
+and every floating factory without a ``dtype`` the build's dtype. A private CPU (or CUDA)
+generator seeded with a key draws exactly what the default one would: values are those
+of a build that reseeded the default generator. Limits: a random op that takes no
+``generator`` (``dropout``) still draws from the global generator, and a Python float
+promoted into an integer tensor still takes the global default dtype.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+import inspect
+from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
-__all__ = [
-    "default_generator",
-    "mix",
-    "preserved_rng",
-    "root_key",
-    "sample_generator",
-]
+__all__ = ["DrawFrom", "Streams", "mix", "root_key", "sample_generator"]
 
 
 def mix(key: int, text: str) -> int:
@@ -39,24 +42,102 @@ def root_key(seed: int) -> int:
     return mix(0, f"seed={int(seed)}")
 
 
-def default_generator(device: torch.device) -> torch.Generator | None:
-    """The generator PyTorch's default init draws from on ``device`` (``None`` on ``meta``)."""
-    if device.type == "cpu":
-        return torch.default_generator
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return torch.cuda.default_generators[index]
-    return None
-
-
-@contextmanager
-def preserved_rng(devices: Iterable[torch.device]) -> Iterator[None]:
-    """Restore the CPU RNG and the RNG of every CUDA device in ``devices`` on exit."""
-    cuda = sorted({d.index or 0 for d in devices if d.type == "cuda"})
-    with torch.random.fork_rng(devices=cuda if torch.cuda.is_available() else []):
-        yield
-
-
 def sample_generator(seed: int) -> torch.Generator:
     """The private CPU generator the seeded sample input is drawn from."""
     return torch.Generator().manual_seed(int(seed))
+
+
+class Streams:
+    """A build's private generators, one per device (never the global ones)."""
+
+    def __init__(self) -> None:
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        """The generator for ``device`` (``None`` on ``meta``, which draws nothing)."""
+        if device.type == "meta":
+            return None
+        gen = self._generators.get(device)
+        if gen is None:
+            gen = self._generators[device] = torch.Generator(device=device)
+        return gen
+
+    def seed(self, device: torch.device, key: int) -> None:
+        """Start ``device``'s stream at ``key``."""
+        gen = self.generator(device)
+        if gen is not None:
+            gen.manual_seed(key)
+
+
+T = torch.Tensor
+_RANDOM = frozenset(
+    (
+        *(T.uniform_, T.normal_, T.bernoulli_, T.exponential_, T.geometric_, T.log_normal_),
+        *(T.cauchy_, T.random_, T.bernoulli, T.multinomial, torch.rand, torch.randn),
+        *(torch.randint, torch.randperm, torch.normal, torch.bernoulli, torch.multinomial),
+        *(torch.poisson, torch.rand_like, torch.randn_like, torch.randint_like),
+    )
+)
+# Factories whose result takes the default dtype when none is given ...
+_FLOAT_FACTORIES = frozenset(
+    (
+        *(torch.empty, torch.empty_strided, torch.zeros, torch.ones, torch.rand, torch.randn),
+        *(torch.eye, torch.linspace, torch.logspace, torch.scalar_tensor),
+    )
+)
+# ... and those whose result does so only for floating data (``torch.tensor([1.5])``).
+_VALUE_FACTORIES = frozenset((torch.tensor, torch.as_tensor, torch.full, torch.arange))
+
+
+def _takes_generator(fn: Any) -> bool:
+    try:
+        return "generator" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# torch.nn.init functions pass their ``generator`` down to the ops they call (which this
+# mode does not see: a mode is off while it handles a call), so they get it themselves.
+_RANDOM = _RANDOM | {
+    f for f in vars(torch.nn.init).values() if inspect.isfunction(f) and _takes_generator(f)
+}
+
+
+def _device_of(args: tuple, kwargs: dict[str, Any]) -> torch.device:
+    for v in (*args, *kwargs.values()):
+        if isinstance(v, torch.Tensor):
+            return v.device
+    device = kwargs.get("device")
+    return torch.device(device) if device is not None else torch.device("cpu")
+
+
+class DrawFrom(TorchFunctionMode):
+    """Random ops without a ``generator`` draw from ``streams``; with ``dtype``, floating
+    factories without a ``dtype`` make ``dtype`` tensors (what ``set_default_dtype`` would
+    do, for this thread and this build only)."""
+
+    def __init__(self, streams: Streams, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.streams = streams
+        self.dtype = dtype if dtype != torch.get_default_dtype() else None
+        self._watched = _RANDOM | (_FLOAT_FACTORIES | _VALUE_FACTORIES if self.dtype else set())
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func not in self._watched:  # the hot path: tensor methods, most ops
+            return func(*args, **kwargs)
+        if kwargs.get("generator") is None and func in _RANDOM:
+            gen = self.streams.generator(_device_of(args, kwargs))
+            if gen is not None:
+                kwargs = {**kwargs, "generator": gen}
+        if self.dtype is not None and kwargs.get("dtype") is None:
+            if func in _FLOAT_FACTORIES:
+                return func(*args, **{**kwargs, "dtype": self.dtype})
+            if func in _VALUE_FACTORIES:
+                out = func(*args, **kwargs)
+                # Data that has a dtype of its own (a tensor, an array) keeps it.
+                typed = any(hasattr(a, "dtype") for a in args)
+                if out.dtype == torch.get_default_dtype() and not typed:
+                    return func(*args, **{**kwargs, "dtype": self.dtype})
+                return out
+        return func(*args, **kwargs)

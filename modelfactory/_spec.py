@@ -322,6 +322,9 @@ def _parse_value(
 
     ``siblings`` counts identical list items, for their ordinals.
     """
+    if depth > MAX_DEPTH and type(v) in (dict, list):  # deep lists and mappings too
+        problems.append((path, f"config nests deeper than {MAX_DEPTH} levels"))
+        return None, False
     if type(v) is dict:
         if "_target_" in v:
             node = parse_node(v, path, component, problems, depth + 1)

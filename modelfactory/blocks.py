@@ -9,7 +9,9 @@ children and passes them in, exactly as you would in Python::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
+from string import Formatter
 from typing import TypeVar
 
 import torch
@@ -108,15 +110,48 @@ class Repeat(nn.Sequential):
                 "block must be a callable returning a fresh module per copy "
                 "(e.g. lambda i: nn.Linear(8, 8)); a single module would be shared, not repeated"
             )
-        if "{i}" not in name:
-            raise ValueError(
-                f"name must contain '{{i}}' so copies get distinct names, got {name!r}"
-            )
+        names = _copy_names(name, n)
         for i in range(n):
             child = block(i)
             if not isinstance(child, nn.Module):
                 raise TypeError(f"block({i}) returned a {type(child).__name__}, not an nn.Module")
-            self.add_module(name.format(i=i), child)
+            self.add_module(names[i], child)
+
+
+MAX_NAME = 256  # characters of a copy's name, and of the width a format may pad it to
+
+
+def _copy_names(name: str, n: int) -> list[str]:
+    """The child names of ``Repeat``'s copies: ``name`` formatted with ``i``; refuses a name
+    that is not such a format, that could be huge (``{i:200000000}``), or whose copies would
+    not be distinct (``b{{i}}`` is the literal ``b{i}`` for every copy)."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string with '{{i}}', got {type(name).__name__}")
+    try:
+        fields = [(f, spec) for _, f, spec, _ in Formatter().parse(name) if f is not None]
+    except ValueError as e:
+        raise ValueError(f"name {name!r} is not a format string with '{{i}}': {e}") from e
+    if not fields or any(f != "i" for f, _ in fields):
+        raise ValueError(f"name must contain '{{i}}' (and no other field), got {name!r}")
+    widths = [int(w) for _, spec in fields for w in re.findall(r"[0-9]+", spec or "")]
+    if (
+        len(name) > MAX_NAME
+        or any(w > MAX_NAME for w in widths)
+        or "{" in "".join(spec or "" for _, spec in fields)
+    ):
+        raise ValueError(
+            f"name {name!r:.80} could give copies names longer than {MAX_NAME} characters"
+        )
+    names: dict[str, int] = {}
+    for i in range(n):
+        text = name.format(i=i)
+        if text in names:
+            raise ValueError(
+                f"name {name!r} gives copy {i} the name {text!r} of copy {names[text]}; "
+                "copies need distinct names"
+            )
+        names[text] = i
+    return list(names)
 
 
 @build_options(draws=False)

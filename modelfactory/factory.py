@@ -8,7 +8,7 @@ config --normalize--> BuildConfig --plan (validate everything)--> Plan
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -21,7 +21,7 @@ from ._construct import ROOT, Built, Context, SkipInit, construct, record_paths
 from ._lazy import dry_run, eager_tree, has_lazy, has_uninitialized, materialize_lazy
 from ._record import BuildRecord, attach
 from ._sample import sample_input, traced
-from ._seeding import default_generator, mix, preserved_rng, root_key
+from ._seeding import DrawFrom, Streams, mix, root_key
 from ._spec import Node, parse_node
 from .errors import BuildError, ConfigError, DeviceError, TieError
 from .init import Rule, apply_rules, parse_rules
@@ -138,19 +138,18 @@ def _checked(
 def _build(bc: BuildConfig) -> tuple[nn.Module, BuildRecord]:
     """The whole pipeline; returns the model and its record."""
     plan = _plan(bc)
-    with preserved_rng(_devices_used(plan)):
-        lazy = bc.input_shape is not None and has_lazy(plan.spec)
-        skeleton = _skeleton(plan, bc, lazy) if bc.tie_groups or plan.dmap or lazy else None
-        ties = resolve_groups(skeleton[0], bc.tie_groups) if bc.tie_groups else []
-        if lazy and plan.target.type != "meta":
-            plan, skeleton = _eager_plan(plan, bc, skeleton)
-        node_devices = _node_devices(*skeleton, plan.dmap) if plan.dmap else {}
-        ctx = Context(plan.target, seed_streams=True, node_devices=node_devices)
-        model, records = _construct(plan, bc, ctx)
-        if bc.input_shape is not None and has_uninitialized(model):
-            _materializing_run(model, bc, plan.target, records)
-        if plan.rules:
-            apply_rules(model, plan.rules, records, root_key(bc.seed))
+    lazy = bc.input_shape is not None and has_lazy(plan.spec)
+    skeleton = _skeleton(plan, bc, lazy) if bc.tie_groups or plan.dmap or lazy else None
+    ties = resolve_groups(skeleton[0], bc.tie_groups) if bc.tie_groups else []
+    if lazy and plan.target.type != "meta":
+        plan, skeleton = _eager_plan(plan, bc, skeleton)
+    node_devices = _node_devices(*skeleton, plan.dmap) if plan.dmap else {}
+    ctx = Context(plan.target, seed_streams=True, node_devices=node_devices)
+    model, records = _construct(plan, bc, ctx)
+    if bc.input_shape is not None and has_uninitialized(model):
+        _materializing_run(model, bc, plan.target, records)
+    if plan.rules:
+        apply_rules(model, plan.rules, records, root_key(bc.seed))
     apply_ties(model, ties)
     check_ties(model, ties)
     if plan.dmap:
@@ -158,21 +157,14 @@ def _build(bc: BuildConfig) -> tuple[nn.Module, BuildRecord]:
     return model, BuildRecord(bc.resolved, ties, record_paths(records), bc.knobs)
 
 
-@contextmanager
-def _default_dtype(dtype: torch.dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
 def _construct(plan: Plan, bc: BuildConfig, ctx: Context) -> tuple[nn.Module, list[Built]]:
     """Construct the spec's modules on ``ctx.device``; a ``meta`` build runs no init."""
     on_meta = ctx.device.type == "meta"
+    # On meta nothing draws: the mode is needed there only for a dtype other than the default,
+    # or for blocks device.map puts elsewhere.
+    routed = not on_meta or plan.dtype != torch.get_default_dtype() or bool(ctx.node_devices)
     with (
-        _default_dtype(plan.dtype),
+        DrawFrom(ctx.streams, plan.dtype) if routed else nullcontext(),
         torch.device(ctx.device) if ctx.device.type != "cpu" else nullcontext(),
         SkipInit() if on_meta else nullcontext(),
     ):
@@ -189,11 +181,12 @@ def _skeleton(plan: Plan, bc: BuildConfig, lazy: bool) -> tuple[nn.Module, list[
     skeleton = _construct(plan, bc, Context(META, seed_streams=False))
     if not lazy:
         return skeleton
-    return dry_run(
-        skeleton,
-        lambda: _construct(plan, bc, Context(torch.device("cpu"), seed_streams=False)),
-        lambda dev: sample_input(bc, dev),
-    )
+    with DrawFrom(Streams()):  # a forward run on the CPU must not draw from the global RNG
+        return dry_run(
+            skeleton,
+            lambda: _construct(plan, bc, Context(torch.device("cpu"), seed_streams=False)),
+            lambda dev: sample_input(bc, dev),
+        )
 
 
 def _eager_plan(
@@ -221,25 +214,15 @@ def _materializing_run(
 ) -> None:
     """One real, seeded run in eval mode for lazy layers with no eager twin (user-defined,
     or ``Repeat`` copies that saw different sizes)."""
-    gen = default_generator(target)
-    if gen is not None:
-        gen.manual_seed(mix(root_key(bc.seed), "lazy"))
+    streams = Streams()
+    streams.seed(target, mix(root_key(bc.seed), "lazy"))
     was_training = model.training
     model.eval()  # must not move BatchNorm's running statistics
     try:
-        traced(model, sample_input(bc, target), record_paths(records), "materializing lazy layers")
+        with DrawFrom(streams):
+            traced(model, sample_input(bc, target), record_paths(records), "materializing")
     finally:
         model.train(was_training)
-
-
-def _devices_used(plan: Plan) -> list[torch.device]:
-    """Every device whose global RNG a build may touch (restored afterwards)."""
-    used = {plan.target, torch.device("cpu")}
-    if isinstance(plan.dmap, dict):
-        used.update(plan.dmap.values())
-    elif plan.dmap == "balanced":
-        used.update(devices.try_all_gpus())
-    return sorted(used, key=str)
 
 
 def _node_devices(skeleton: nn.Module, records: list[Built], dmap: Any) -> dict[int, torch.device]:

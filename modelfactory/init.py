@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from ._construct import Built
-from ._seeding import default_generator, mix
+from ._seeding import DrawFrom, Streams, mix
 from ._spec import Node, parse_node
 from ._targets import accepts, signature_of
 from .errors import BuildError, ConfigError, path_join
@@ -145,8 +145,8 @@ def apply_rules(model: nn.Module, rules: list[Rule], records: Iterable[Built], r
     modules = dict(model.named_modules())
     chosen = _select(modules, rules)
     keys = _StreamKeys(modules, records, root)
-    generators: dict[torch.device, torch.Generator] = {}  # one per device, re-seeded per tensor
-    with torch.no_grad():
+    streams = Streams()  # one generator per device, re-seeded per tensor; never the global one
+    with torch.no_grad(), DrawFrom(streams):
         for rule, full, pname, mname, param in chosen:
             if is_lazy(param):
                 raise ConfigError(
@@ -162,15 +162,10 @@ def apply_rules(model: nn.Module, rules: list[Rule], records: Iterable[Built], r
                 continue
             kwargs = rule.kwargs
             if rule.draws:  # seed its stream: from the module's key and the parameter's name
-                key = mix(keys[mname], f"init/{pname}")
+                streams.seed(param.device, mix(keys[mname], f"init/{pname}"))
                 if accepts(rule.fn, "generator"):
-                    gen = generators.get(param.device)
-                    if gen is None:
-                        gen = generators[param.device] = torch.Generator(device=param.device)
-                    gen.manual_seed(key)
-                    kwargs = {**kwargs, "generator": gen}
-                else:  # a function that draws from the default generator: seed that one
-                    default_generator(param.device).manual_seed(key)
+                    kwargs = {**kwargs, "generator": streams.generator(param.device)}
+                # else: the function's own random ops get the stream from DrawFrom
             try:
                 rule.fn(param, **kwargs)
             except Exception as e:

@@ -48,7 +48,7 @@ def resolve_groups(
     out = []
     for i, group in enumerate(groups):
         gpath = f"{base}.{i}"
-        names: list[str] = []
+        matched: dict[str, None] = {}  # ordered and linear: globs can match thousands of names
         kinds = set()
         for j, pattern in enumerate(group):
             found, kind = _match(pattern, modules, params)
@@ -58,15 +58,20 @@ def resolve_groups(
                 )
                 continue
             kinds.add(kind)
-            names += [n for n in found if n not in names]
+            matched.update(dict.fromkeys(found))
         if len(kinds) > 1:
             problems.append((gpath, "a group must name only modules or only parameters, not both"))
             continue
+        names = list(matched)
         if not kinds or (len(names) < 2 and any(p[0].startswith(gpath + ".") for p in problems)):
             continue  # already reported: a path that names nothing
         kind = kinds.pop()
         if len(names) < 2:
             problems.append((gpath, f"matches only {names}; a tie needs at least two objects"))
+            continue
+        nested = _nested(names) if kind == "module" else None
+        if nested is not None:
+            problems.append((gpath, nested))
             continue
         problems += _compatible(gpath, kind, names, modules, params)
         out.append((kind, names))
@@ -88,6 +93,22 @@ def _match(
     if found:
         return found, "module"
     return [n for n in params if fnmatchcase(n, pattern)], "param"
+
+
+def _nested(names: list[str]) -> str | None:
+    """Why a module group cannot be one module: one of its paths lies inside another (the
+    module would contain itself)."""
+    present = set(names)
+    for name in names:
+        parts = name.split(".")
+        for i in range(1, len(parts)):
+            outer = ".".join(parts[:i])
+            if outer in present:
+                return (
+                    f"cannot tie {outer!r} with {name!r}, which lies inside it: the module "
+                    "would contain itself"
+                )
+    return None
 
 
 def _signature(obj: nn.Module | nn.Parameter) -> Any:
@@ -144,7 +165,37 @@ def apply_ties(model: nn.Module, resolved: list[tuple[str, list[str]]]) -> nn.Mo
         src = _get(model, names[0], kind)
         for n in names[1:]:
             _set(model, n, src)
+    if any(kind == "module" for kind, _ in resolved):
+        _check_acyclic(model)
     return model
+
+
+def _check_acyclic(model: nn.Module) -> None:
+    """Module ties of different groups can still close a loop (``a.x`` is ``b``, ``b.y`` is
+    ``a``): refuse a model that contains itself, before anything recurses into it."""
+    done: set[int] = set()
+    on_path: set[int] = set()
+    stack: list[tuple[nn.Module, str, bool]] = [(model, "", False)]
+    while stack:
+        module, name, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(module))
+            done.add(id(module))
+            continue
+        if id(module) in done:
+            continue
+        on_path.add(id(module))
+        stack.append((module, name, True))
+        for child_name, child in module._modules.items():
+            if child is None:
+                continue
+            path = f"{name}.{child_name}" if name else child_name
+            if id(child) in on_path:
+                raise TieError(
+                    [("tie.groups", f"the ties make {path!r} a module that contains itself")],
+                    header="Cannot apply tie groups:",
+                )
+            stack.append((child, path, False))
 
 
 def check_ties(model: nn.Module, resolved: list[tuple[str, list[str]]]) -> None:

@@ -26,6 +26,7 @@ from .. import device as devices
 from .._config import normalize, to_plain
 from .._record import record_of
 from .._sample import run_sample, sample_input
+from ..checkpoint._bounds import check_sample_pass
 from ..errors import ConfigError
 from . import train as training
 from .progress import Spinner, step_bar
@@ -271,6 +272,7 @@ def restore_job(
     with Spinner(f"loading {path}"):
         model = mf.load(path, device=device, dtype=dtype, trusted=list(trusted or []))
     cfg = mf.config_of(model)
+    check_sample_pass(cfg, path)  # the sample pass below runs for real: bound it first
     knobs = record_of(model).knobs
     shown = ", ".join(f"{k}={v}" for k, v in knobs.items())
     log.info("restored %s%s", path, f" (knobs: {shown})" if shown else "")

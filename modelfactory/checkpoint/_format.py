@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from ..errors import CheckpointError
 from ._atomic import atomic_write, stable
+from ._bounds import check_shapes
 from ._reader import read_owned
 from ._schema import is_count, schema_problems, short
 from ._version import FORMAT_VERSION, check_version, upgrade
@@ -151,6 +150,7 @@ def read_header(file: Path, *, require: str | None = None) -> Header:
                 index[k] = (s.get_dtype(), tuple(s.get_shape()))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:  # Runtime: vanished
         raise CheckpointError(file, f"not a readable safetensors file ({e})") from e
+    check_shapes(file, index)
     if META_KEY not in meta:
         if require is None:
             return Header(file, None, index, meta)
@@ -246,44 +246,6 @@ def _file_order(file: Path, names: list[str]) -> list[str]:
         n = int.from_bytes(fh.read(8), "little")
         index = json.loads(fh.read(n))
     return sorted(names, key=lambda k: index[k]["data_offsets"][0])
-
-
-COPY_READ_MAX = 2**20
-
-
-def read_copy(copy: Path | None) -> bytes | None:
-    """``config.yaml``'s bytes (``None``: no copy, unreadable, or over ``COPY_READ_MAX``)."""
-    if copy is None:
-        return None
-    try:
-        with open(copy, "rb") as fh:
-            data = fh.read(COPY_READ_MAX + 1)
-    except OSError:
-        return None
-    return data if len(data) <= COPY_READ_MAX else None
-
-
-def compare_copy(
-    copy: Path, config: dict[str, Any], file: Path, sha256: Any = None, data: bytes | None = None
-) -> None:
-    """Warn when ``config.yaml`` says something else than the embedded config.
-
-    A copy whose bytes still have the digest recorded at save time is not parsed. ``data``:
-    the copy's bytes as read together with the checkpoint (a save landing in between would
-    otherwise pair one save's weights with the next one's copy).
-    """
-    try:
-        data = copy.read_bytes() if data is None else data
-        if isinstance(sha256, str) and hashlib.sha256(data).hexdigest() == sha256:
-            return
-        other: Any = yaml.safe_load(data.decode())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        other = e
-    if other != config:
-        warnings.warn(
-            f"{copy} differs from the config embedded in {file}; using the embedded one",
-            stacklevel=3,
-        )
 
 
 def versions() -> dict[str, str]:

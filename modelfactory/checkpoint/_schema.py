@@ -60,6 +60,12 @@ def schema_problems(doc: dict[str, Any]) -> list[str]:
         and all(isinstance(v, str) and v in stored for v in aliases.values()),
         "a mapping name -> name of a stored tensor",
     )
+    shadowing = sorted(set(aliases) & set(stored)) if isinstance(aliases, dict) else []
+    if shadowing:  # the alias would silently replace the stored tensor of that name
+        out.append(
+            f"field 'aliases': expected names other than the stored tensors', got "
+            f"{short(shadowing)}, which would replace stored tensors"
+        )
     for field in ("nonpersistent", "eval", "shards"):
         expect(field, _is_names(doc.get(field, [])), "a list of names")
     knobs = doc.get("knobs", {})  # optional: checkpoints written before knobs have none

@@ -29,6 +29,7 @@ from ..errors import CheckpointError
 from . import _format as fmt
 from ._atomic import READ_ATTEMPTS, identity, stable, unchanged
 from ._commit import JOURNAL, recover
+from ._config_copy import read_copy
 from ._schema import short
 
 __all__ = ["INDEX_FILE", "parse_size", "plan", "read_sharded", "sharded_files", "verify_sharded"]
@@ -235,7 +236,7 @@ def read_sharded(
         index = {k: v for header, _ in parts for k, v in header.index.items()}
         if doc is not None:
             fmt.check_index(index_file, doc, index)
-        header = fmt.Header(index_file, doc, index, copy=fmt.read_copy(copy))
+        header = fmt.Header(index_file, doc, index, copy=read_copy(copy))
         return header, {k: t for _, ts in parts for k, t in ts.items()}
 
     return _consistent(index_file, attempt)
@@ -283,7 +284,9 @@ def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path | None]:
     elif path.name not in (fmt.MODEL_FILE, INDEX_FILE):
         return path, None
     copy = directory / fmt.CONFIG_FILE
-    return path, copy if copy.is_file() else None
+    # Whatever is there (a directory, a FIFO, a dangling link) is the copy's problem:
+    # compare_copy warns.
+    return path, copy if copy.exists() or copy.is_symlink() else None
 
 
 def resolved(path: str | os.PathLike, read: Callable[[Path], T]) -> tuple[Path, Path | None, T]:
@@ -311,7 +314,7 @@ def read_any(
     def once() -> tuple[fmt.Header, dict[str, torch.Tensor]]:
         header = fmt.read_header(file, require=require)
         tensors = fmt.read_tensors(file, mmap, _workers(2**30))
-        header.copy = fmt.read_copy(copy)  # a save renames the copy after the file
+        header.copy = read_copy(copy)  # a save renames the copy after the file
         return header, tensors
 
     return stable(file, once)

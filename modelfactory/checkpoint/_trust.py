@@ -12,15 +12,17 @@ a function defined elsewhere does not pass.
 
 from __future__ import annotations
 
-import math
+import importlib
+import inspect
+import sys
 from collections.abc import Iterable
 from typing import Any
 
 from torch import nn
 
 from .._targets import TargetNotFound, locate, qualified_name
-from ..blocks import Repeat
 from ..errors import CheckpointError, UntrustedTargetError, path_join
+from ._bounds import MAX_BLOCKS, check_size
 
 __all__ = ["check_config", "parse_trusted"]
 
@@ -28,10 +30,6 @@ MODULE_PREFIXES = ("torch.nn", "modelfactory")
 # Init functions are called with arguments taken from the file, so by default only the
 # initializer modules are allowed, not everything under torch.nn / modelfactory.
 INIT_PREFIXES = ("torch.nn.init", "modelfactory.init")
-# A bound on the work a file can ask for: GPT-2 needs about 200 blocks.
-MAX_BLOCKS = 50_000
-# ... and on the sample input a restored config may ask for (elements of ``input_shape``).
-MAX_INPUT_ELEMENTS = 2**28
 
 
 def parse_trusted(trusted: Iterable[str], file: object) -> tuple[str, ...]:
@@ -75,9 +73,9 @@ def check_config(cfg: dict[str, Any], file: object, trusted: tuple[str, ...]) ->
         if not targets:
             # Strings passed: import the model's targets and check what they really are.
             _check_modules(
-                cfg.get("model"), "model", (*MODULE_PREFIXES, *trusted), targets, missing
+                cfg.get("model"), "model", (*MODULE_PREFIXES, *trusted), trusted, targets, missing
             )
-            _check_init_fns(cfg.get("init"), (*INIT_PREFIXES, *trusted), targets)
+            _check_init_fns(cfg.get("init"), (*INIT_PREFIXES, *trusted), trusted, targets)
     except RecursionError as e:
         raise CheckpointError(file, "the embedded config nests too deeply") from e
     if targets:
@@ -102,73 +100,7 @@ def check_config(cfg: dict[str, Any], file: object, trusted: tuple[str, ...]) ->
             "the embedded config holds interpolations, which a saved (resolved) config never "
             "has: " + ", ".join(interpolations),
         )
-    _check_size(cfg, file)
-
-
-def _check_size(cfg: dict[str, Any], file: object) -> None:
-    """Refuse configs that would build too many blocks (``Repeat`` copies counted) or ask
-    for a huge sample input; runs after the targets are checked, so it may import them."""
-    try:
-        blocks = _expanded_blocks(cfg, {})
-    except RecursionError as e:
-        raise CheckpointError(file, "the embedded config nests too deeply") from e
-    if blocks > MAX_BLOCKS:
-        raise CheckpointError(
-            file,
-            f"the embedded config builds more than the {MAX_BLOCKS:,} blocks a checkpoint may "
-            "hold (Repeat copies counted); refusing to build it",
-        )
-    shape = cfg.get("input_shape")
-    if shape is None:
-        return
-    if not (isinstance(shape, list) and all(_is_int(n) and n >= 0 for n in shape)):
-        raise CheckpointError(
-            file, f"input_shape: expected a list of positive integers, got {shape!r:.80}"
-        )
-    if math.prod(shape) > MAX_INPUT_ELEMENTS:
-        raise CheckpointError(
-            file,
-            f"input_shape {shape!r:.80} asks for more than the {MAX_INPUT_ELEMENTS:,} input "
-            "elements a checkpoint may ask for; refusing it",
-        )
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _expanded_blocks(v: Any, repeats: dict[str, bool]) -> int:
-    """How many blocks ``v`` builds, counting each ``Repeat``'s subtree ``n`` times (capped
-    just above ``MAX_BLOCKS``); ``repeats`` caches which targets are ``Repeat`` classes."""
-    if isinstance(v, list):
-        total = 0
-        for x in v:
-            total = min(total + _expanded_blocks(x, repeats), MAX_BLOCKS + 1)
-        return total
-    if not isinstance(v, dict):
-        return 0
-    inner = 0
-    for k, x in v.items():
-        if k != "_target_":
-            inner = min(inner + _expanded_blocks(x, repeats), MAX_BLOCKS + 1)
-    n = _repeat_count(v, repeats)
-    return min(int("_target_" in v) + n * inner, MAX_BLOCKS + 1)
-
-
-def _repeat_count(node: dict[str, Any], repeats: dict[str, bool]) -> int:
-    """``n`` if ``node`` builds a ``Repeat`` (by any import path, or a subclass), else 1."""
-    args = node.get("_args_")
-    n = node.get("n", args[0] if isinstance(args, list) and args else None)
-    name = node.get("_target_")
-    if not (_is_int(n) and n > 1 and isinstance(name, str)):
-        return 1
-    if name not in repeats:
-        try:
-            obj = locate(name)
-        except TargetNotFound:
-            obj = None
-        repeats[name] = isinstance(obj, type) and issubclass(obj, Repeat)
-    return n if repeats[name] else 1
+    check_size(cfg, file)
 
 
 def _count_targets(tree: Any) -> int:
@@ -211,10 +143,62 @@ def _walk(
         interpolations.append(path)
 
 
+# modelfactory's own modules of blocks and init functions: importing one runs our code only.
+_IMPORTABLE = ("modelfactory.blocks", "modelfactory.layers", "modelfactory.init")
+
+
+class _NotLoaded(Exception):
+    """A name under a built-in prefix that only an import could find (refused unimported)."""
+
+
+def _peek(name: str, trusted: tuple[str, ...]) -> Any:
+    """What dotted ``name`` names, found without importing anything the caller did not
+    trust: under ``torch.nn`` / ``modelfactory`` only what is already loaded (plus our block
+    modules) is looked at, attribute by attribute, never through a module ``__getattr__``.
+
+    Raises:
+        TargetNotFound: a name under a trusted prefix that does not import.
+        _NotLoaded: a name under a built-in prefix that is not loaded.
+    """
+    if _allowed(name, trusted):
+        return locate(name)  # the caller trusts the package: importing it is theirs to allow
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        module_name = ".".join(parts[:i])
+        if module_name in _IMPORTABLE:
+            importlib.import_module(module_name)
+        obj = sys.modules.get(module_name)
+        if obj is not None:
+            break
+    else:
+        raise _NotLoaded(f"{name!r} is not loaded with torch.nn or modelfactory")
+    for j in range(i, len(parts)):
+        try:
+            obj = inspect.getattr_static(obj, parts[j])
+        except AttributeError:
+            raise _NotLoaded(
+                f"{name!r} is not loaded with torch.nn or modelfactory ({'.'.join(parts[:j])!r} "
+                f"has no loaded {parts[j]!r}); nothing was imported to look for it"
+            ) from None
+    return obj
+
+
+def _resolve(name: str, where: str, trusted: tuple[str, ...], targets: list, missing: list) -> Any:
+    """``_peek(name)``, or ``None`` with the reason recorded (refused, or not importable)."""
+    try:
+        return _peek(name, trusted)
+    except _NotLoaded as e:
+        targets.append((where, str(e)))
+    except TargetNotFound as e:
+        missing.append((where, f"cannot import {name!r}: {e}"))
+    return None
+
+
 def _check_modules(
     v: Any,
     path: str,
     prefixes: tuple[str, ...],
+    trusted: tuple[str, ...],
     targets: list[tuple[str, str]],
     missing: list[tuple[str, str]],
 ) -> None:
@@ -223,11 +207,7 @@ def _check_modules(
         name = v.get("_target_")
         if isinstance(name, str):
             where = path_join(path, "_target_")
-            try:
-                obj = locate(name)
-            except TargetNotFound as e:
-                missing.append((where, f"cannot import {name!r}: {e}"))
-                obj = None
+            obj = _resolve(name, where, trusted, targets, missing)
             if obj is not None:
                 if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
                     targets.append(
@@ -239,13 +219,15 @@ def _check_modules(
                     )
         for k, x in v.items():
             if k != "_target_":
-                _check_modules(x, path_join(path, k), prefixes, targets, missing)
+                _check_modules(x, path_join(path, k), prefixes, trusted, targets, missing)
     elif isinstance(v, list):
         for i, x in enumerate(v):
-            _check_modules(x, path_join(path, i), prefixes, targets, missing)
+            _check_modules(x, path_join(path, i), prefixes, trusted, targets, missing)
 
 
-def _check_init_fns(init: Any, prefixes: tuple[str, ...], targets: list[tuple[str, str]]) -> None:
+def _check_init_fns(
+    init: Any, prefixes: tuple[str, ...], trusted: tuple[str, ...], targets: list[tuple[str, str]]
+) -> None:
     """Init functions (called only by a non-strict load) must really live under a prefix."""
     rules = init.get("rules") if isinstance(init, dict) else None
     for i, rule in enumerate(rules if isinstance(rules, list) else []):
@@ -254,10 +236,8 @@ def _check_init_fns(init: Any, prefixes: tuple[str, ...], targets: list[tuple[st
         if not isinstance(name, str):
             continue
         where = f"init.rules.{i}.fn._target_"
-        try:
-            obj = locate(name)
-        except TargetNotFound as e:
-            targets.append((where, f"cannot resolve {name!r}: {e}"))
+        obj = _resolve(name, where, trusted, targets, targets)
+        if obj is None:
             continue
         if not callable(obj) or not _allowed(qualified_name(obj), prefixes):
             targets.append(

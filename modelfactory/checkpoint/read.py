@@ -28,7 +28,9 @@ from ..tie import apply_ties, check_ties
 from . import _format as fmt
 from . import _state
 from ._atomic import stable
+from ._bounds import check_fill
 from ._commit import recover
+from ._config_copy import compare_copy, read_copy
 from ._shards import INDEX_FILE, checkpoint_paths, read_any, resolved, verify_sharded
 from ._trust import check_config, parse_trusted
 
@@ -116,8 +118,8 @@ def _trusted_config(
             # new weights may have been read just before their save renamed the copy:
             # wait for a switch in progress, then look at the copy again
             recover(copy.parent)
-            data = fmt.read_copy(copy)
-        fmt.compare_copy(copy, config, file, sha256, data)
+            data = read_copy(copy)
+        compare_copy(copy, config, file, sha256, data)
     return config
 
 
@@ -141,6 +143,7 @@ def _rebuild(
             "load(strict=False) to load what fits):\n  " + "\n  ".join(problems),
         )
     if problems:
+        check_fill(file, expected, tensors)
         warnings.warn(f"{file}: loading what fits:\n  " + "\n  ".join(problems), stacklevel=3)
         record = record_of(model)
         model = _state.fit(model, config, tensors, expected, nonpersistent, aliases)
