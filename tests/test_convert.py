@@ -164,6 +164,105 @@ def test_full_gpt2_shapes_on_meta(transformers: Any) -> None:
             assert reference[key] == value, key
 
 
+# -- the public API: mf.load_weights(convert=) and mf.save(convert=) ------------------------
+
+
+def hf_model(transformers: Any, path: Path, ids: torch.Tensor) -> tuple[Any, torch.Tensor]:
+    model = transformers.GPT2LMHeadModel.from_pretrained(path, local_files_only=True).eval()
+    with torch.no_grad():
+        return model, model(ids).logits
+
+
+def test_hf_round_trip_through_load_weights_and_save(
+    transformers: Any, hf_dir: Path, tmp_path: Path
+) -> None:
+    """HF -> mf.load_weights(convert=) -> mf.save(convert=) -> HF: the same logits."""
+    ids = token_ids()
+    _, want = hf_model(transformers, hf_dir, ids)
+    model = mf.build(compose(["model=gpt_small"]))
+    assert mf.load_weights(model, hf_dir, convert="hf_gpt2") is model
+    assert model.head.weight is model.embed.tok.weight
+    torch.testing.assert_close(mf_logits(model, ids), want, atol=1e-5, rtol=0)
+    file = mf.save(model, tmp_path / "out", convert="hf_gpt2")
+    assert file == tmp_path / "out" / "model.safetensors"
+    back, got = hf_model(transformers, tmp_path / "out", ids)
+    assert back.lm_head.weight is back.transformer.wte.weight
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_mf_round_trip_through_save_and_load_weights(transformers: Any, tmp_path: Path) -> None:
+    """mf -> mf.save(convert=) -> HF (save_pretrained again) -> mf.load_weights: same values."""
+    model = randomize(mf.build(compose(["model=gpt_small"])), seed=4)
+    ids = token_ids()
+    want = mf_logits(model, ids)
+    mf.save(model, tmp_path / "out", convert="hf_gpt2")
+    hf, got = hf_model(transformers, tmp_path / "out", ids)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    hf.save_pretrained(tmp_path / "again", max_shard_size="100KB")  # sharded, with an index
+    assert (tmp_path / "again" / convert.INDEX).is_file()
+    fresh = mf.build(compose(["model=gpt_small", "seed=9"]))
+    mf.load_weights(fresh, tmp_path / "again", convert="hf_gpt2")
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in model.state_dict().items())
+    torch.testing.assert_close(mf_logits(fresh, ids), want, atol=1e-5, rtol=0)
+
+
+def test_load_weights_convert_keeps_dtype_and_ties(hf_dir: Path) -> None:
+    model = mf.build(compose(["model=gpt_small", "device.dtype=bfloat16"]))
+    mf.load_weights(model, hf_dir, convert="hf_gpt2")
+    wte = convert.read_foreign_dir(hf_dir)["transformer.wte.weight"]
+    assert model.embed.tok.weight.dtype == torch.bfloat16
+    assert torch.equal(model.embed.tok.weight, wte.to(torch.bfloat16))
+    assert model.head.weight is model.embed.tok.weight
+
+
+def test_user_conversion_path_through_the_public_api(tmp_path: Path) -> None:
+    (tmp_path / "dense.yaml").write_text(MLP_CONVERSION)
+    model = mf.build(compose(["model=mlp", "init=xavier"]))
+    mf.save(model, tmp_path / "out", convert=tmp_path / "dense.yaml")
+    assert "dense_0.kernel" in convert.read_foreign_dir(tmp_path / "out")
+    fresh = mf.build(compose(["model=mlp", "seed=5"]))
+    mf.load_weights(fresh, tmp_path / "out", convert=str(tmp_path / "dense.yaml"))
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_load_weights_convert_lists_every_tensor_that_does_not_fit(hf_dir: Path) -> None:
+    model = mf.build(compose(["model=gpt_small", "n_layer=3", "max_len=32"]))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError) as info:
+        mf.load_weights(model, hf_dir, convert="hf_gpt2")
+    lines = str(info.value).splitlines()
+    assert str(hf_dir) in lines[0] and "'hf_gpt2'" in lines[0]
+    missing = [line for line in lines[1:] if line.startswith("  missing: 'blocks.2.")]
+    assert len(missing) == 12  # every tensor of the third block
+    assert "  shape: 'embed.pos.weight' is [64, 64] in the file, [32, 64] in the model" in lines
+    assert len(lines) == 1 + 12 + 1
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+
+
+def test_load_weights_convert_checks_the_config_file(hf_dir: Path, tmp_path: Path) -> None:
+    for file in hf_dir.iterdir():
+        (tmp_path / file.name).write_bytes(file.read_bytes())
+    config = json.loads((hf_dir / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "n_head": 8}))
+    model = mf.build(compose(["model=gpt_small"]))
+    with pytest.raises(CheckpointError, match=r"n_head: 8 in the file, 4 for the model"):
+        mf.load_weights(model, tmp_path, convert="hf_gpt2")
+    mf.load_weights(model, tmp_path, convert="hf_gpt2", strict=False)  # loads what fits
+
+
+def test_convert_refuses_what_it_cannot_honour(hf_dir: Path, tmp_path: Path) -> None:
+    model = mf.build(compose(["model=gpt_small"]))
+    with pytest.raises(CheckpointError, match=r"pass that submodule"):
+        mf.load_weights(model, hf_dir, prefix_map={"": "x."}, convert="hf_gpt2")
+    with pytest.raises(CheckpointError, match=r"does not take cfg"):
+        mf.save(model, tmp_path / "a", cfg=mf.config_of(model), convert="hf_gpt2")
+    with pytest.raises(CheckpointError, match=r"writes a directory"):
+        mf.save(model, tmp_path / "b.safetensors", convert="hf_gpt2")
+    with pytest.raises(ConfigError, match=r"unknown conversion 'hf_gtp2'"):
+        mf.save(model, tmp_path / "c", convert="hf_gtp2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written
+
+
 # -- errors --------------------------------------------------------------------------------
 
 

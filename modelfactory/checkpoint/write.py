@@ -31,7 +31,9 @@ __all__ = ["save", "save_tensors"]
 Pathish = str | os.PathLike
 
 
-def save(model: nn.Module, path: Pathish, *, cfg: Any = None) -> Path:
+def save(
+    model: nn.Module, path: Pathish, *, cfg: Any = None, convert: str | os.PathLike | None = None
+) -> Path:
     """Save ``model`` with its architecture, atomically.
 
     Args:
@@ -41,6 +43,9 @@ def save(model: nn.Module, path: Pathish, *, cfg: Any = None) -> Path:
             ending in ``.safetensors`` (the file alone; its embedded config suffices).
         cfg: the config that builds ``model``'s architecture; defaults to the one ``build``
             recorded (:func:`modelfactory.config_of`).
+        convert: a conversion (``"hf_gpt2"`` or a conversion YAML's path): write ``path`` as
+            a foreign directory instead (for ``hf_gpt2``, what ``from_pretrained`` loads:
+            ``model.safetensors`` and ``config.json``); see ``docs/convert.md``.
 
     Returns:
         The ``.safetensors`` file written.
@@ -50,6 +55,10 @@ def save(model: nn.Module, path: Pathish, *, cfg: Any = None) -> Path:
             materialized, broken ties, a model that no longer matches its config, or a
             ``path`` that is an existing file not named ``*.safetensors``.
     """
+    if convert is not None:
+        from ..convert._weights import save_converted
+
+        return save_converted(model, path, convert, cfg=cfg)
     path = Path(path)
     file = _target_file(path)
     config, knobs = _config_for(model, cfg, file)
