@@ -12,11 +12,13 @@ Errors are one paragraph; ``hydra.verbose=true`` shows the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
 import traceback
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,42 @@ def _hydra_error(e: Exception) -> str:
     return _one_paragraph("\n".join(lines))
 
 
+# Command-line arguments after which the primary config may be the user's (and so may set
+# ``hydra.mode``): Hydra's --config-dir, --config-name and --config-path, long and short.
+_OWN_CONFIG_FLAGS = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp")
+
+
+def mode_is_unset(argv: Sequence[str]) -> bool:
+    """True when the composed config cannot set ``hydra.mode``: no shipped config sets it, and
+    the command line neither overrides it nor brings configs of the user's."""
+    return not any(arg.startswith(_OWN_CONFIG_FLAGS) or "hydra.mode" in arg for arg in argv)
+
+
+@contextlib.contextmanager
+def _no_mode_probe(argv: Sequence[str]) -> Iterator[None]:
+    """Spare Hydra the composition it does only to read ``hydra.mode``.
+
+    Hydra 1.3's ``Hydra.get_mode`` composes the whole config to read ``hydra.mode`` and
+    throws it away; ``run``/``multirun`` then compose it again (hydra issue #3440). When
+    :func:`mode_is_unset`, that probe can only answer ``None``, and ``None`` is what this
+    gives without composing: ``-m`` alone picks the mode, exactly as before.
+    """
+    try:
+        from hydra._internal.hydra import Hydra
+    except ImportError:  # another Hydra layout: keep its own probe
+        yield
+        return
+    probe = Hydra.get_mode
+    if not mode_is_unset(argv):
+        yield
+        return
+    Hydra.get_mode = lambda self, config_name, overrides: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Hydra.get_mode = probe  # type: ignore[method-assign]
+
+
 def main() -> None:
     """Entry point of the ``modelfactory`` console script (arguments from ``sys.argv``).
 
@@ -104,7 +142,8 @@ def main() -> None:
     # reported in one paragraph like ours instead of with Hydra's multi-part message.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
-        app()
+        with _no_mode_probe(sys.argv[1:]):
+            app()
     except (HydraException, OmegaConfBaseException) as e:
         if _verbose():
             raise

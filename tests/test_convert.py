@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 import modelfactory as mf
 from modelfactory import convert
 from modelfactory.configs import compose
 from modelfactory.errors import CheckpointError, ConfigError
+
+from .test_convert_files import MLP_CONVERSION
 
 SMALL = {"vocab_size": 256, "n_positions": 64, "n_embd": 64, "n_layer": 2, "n_head": 4}
 NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
@@ -164,6 +163,107 @@ def test_full_gpt2_shapes_on_meta(transformers: Any) -> None:
             assert reference[key] == value, key
 
 
+# -- the public API: mf.load_weights(convert=) and mf.save(convert=) ------------------------
+
+
+def hf_model(transformers: Any, path: Path, ids: torch.Tensor) -> tuple[Any, torch.Tensor]:
+    model = transformers.GPT2LMHeadModel.from_pretrained(path, local_files_only=True).eval()
+    with torch.no_grad():
+        return model, model(ids).logits
+
+
+def test_hf_round_trip_through_load_weights_and_save(
+    transformers: Any, hf_dir: Path, tmp_path: Path
+) -> None:
+    """HF -> mf.load_weights(convert=) -> mf.save(convert=) -> HF: the same logits."""
+    ids = token_ids()
+    _, want = hf_model(transformers, hf_dir, ids)
+    model = mf.build(compose(["model=gpt_small"]))
+    assert mf.load_weights(model, hf_dir, convert="hf_gpt2") is model
+    assert model.head.weight is model.embed.tok.weight
+    torch.testing.assert_close(mf_logits(model, ids), want, atol=1e-5, rtol=0)
+    file = mf.save(model, tmp_path / "out", convert="hf_gpt2")
+    assert file == tmp_path / "out" / "model.safetensors"
+    back, got = hf_model(transformers, tmp_path / "out", ids)
+    assert back.lm_head.weight is back.transformer.wte.weight
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_mf_round_trip_through_save_and_load_weights(transformers: Any, tmp_path: Path) -> None:
+    """mf -> mf.save(convert=) -> HF (save_pretrained again) -> mf.load_weights: same values."""
+    model = randomize(mf.build(compose(["model=gpt_small"])), seed=4)
+    ids = token_ids()
+    want = mf_logits(model, ids)
+    mf.save(model, tmp_path / "out", convert="hf_gpt2")
+    hf, got = hf_model(transformers, tmp_path / "out", ids)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    hf.save_pretrained(tmp_path / "again", max_shard_size="100KB")  # sharded, with an index
+    assert (tmp_path / "again" / convert.INDEX).is_file()
+    fresh = mf.build(compose(["model=gpt_small", "seed=9"]))
+    mf.load_weights(fresh, tmp_path / "again", convert="hf_gpt2")
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in model.state_dict().items())
+    torch.testing.assert_close(mf_logits(fresh, ids), want, atol=1e-5, rtol=0)
+
+
+def test_load_weights_convert_keeps_dtype_and_ties(hf_dir: Path) -> None:
+    model = mf.build(compose(["model=gpt_small", "device.dtype=bfloat16"]))
+    mf.load_weights(model, hf_dir, convert="hf_gpt2")
+    wte = convert.read_foreign_dir(hf_dir)["transformer.wte.weight"]
+    assert model.embed.tok.weight.dtype == torch.bfloat16
+    assert torch.equal(model.embed.tok.weight, wte.to(torch.bfloat16))
+    assert model.head.weight is model.embed.tok.weight
+
+
+def test_user_conversion_path_through_the_public_api(tmp_path: Path) -> None:
+    (tmp_path / "dense.yaml").write_text(MLP_CONVERSION)
+    model = mf.build(compose(["model=mlp", "init=xavier"]))
+    mf.save(model, tmp_path / "out", convert=tmp_path / "dense.yaml")
+    assert "dense_0.kernel" in convert.read_foreign_dir(tmp_path / "out")
+    fresh = mf.build(compose(["model=mlp", "seed=5"]))
+    mf.load_weights(fresh, tmp_path / "out", convert=str(tmp_path / "dense.yaml"))
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_load_weights_convert_lists_every_tensor_that_does_not_fit(hf_dir: Path) -> None:
+    model = mf.build(compose(["model=gpt_small", "n_layer=3", "max_len=32"]))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError) as info:
+        mf.load_weights(model, hf_dir, convert="hf_gpt2")
+    lines = str(info.value).splitlines()
+    assert str(hf_dir) in lines[0] and "'hf_gpt2'" in lines[0]
+    missing = [line for line in lines[1:] if line.startswith("  missing: 'blocks.2.")]
+    assert len(missing) == 12  # every tensor of the third block
+    assert "  shape: 'embed.pos.weight' is [64, 64] in the file, [32, 64] in the model" in lines
+    assert len(lines) == 1 + 12 + 1
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+
+
+def test_load_weights_convert_checks_the_config_file(hf_dir: Path, tmp_path: Path) -> None:
+    for file in hf_dir.iterdir():
+        (tmp_path / file.name).write_bytes(file.read_bytes())
+    config = json.loads((hf_dir / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "n_head": 8}))
+    model = mf.build(compose(["model=gpt_small"]))
+    with pytest.raises(CheckpointError, match=r"n_head: 8 in the file, 4 for the model"):
+        mf.load_weights(model, tmp_path, convert="hf_gpt2")
+    mf.load_weights(model, tmp_path, convert="hf_gpt2", strict=False)  # loads what fits
+
+
+def test_convert_refuses_what_it_cannot_honour(hf_dir: Path, tmp_path: Path) -> None:
+    model = mf.build(compose(["model=gpt_small"]))
+    with pytest.raises(CheckpointError, match=r"pass that submodule"):
+        mf.load_weights(model, hf_dir, prefix_map={"": "x."}, convert="hf_gpt2")
+    with pytest.raises(CheckpointError, match=r"does not take cfg"):
+        mf.save(model, tmp_path / "a", cfg=mf.config_of(model), convert="hf_gpt2")
+    with pytest.raises(CheckpointError, match=r"writes a directory"):
+        mf.save(model, tmp_path / "b.safetensors", convert="hf_gpt2")
+    with pytest.raises(ConfigError, match=r"unknown conversion 'hf_gtp2'"):
+        mf.save(model, tmp_path / "c", convert="hf_gtp2")
+    with pytest.raises(CheckpointError, match=r"max_shard_size is for modelfactory checkpoints"):
+        mf.save(model, tmp_path / "d", max_shard_size="10KB", convert="hf_gpt2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written
+
+
 # -- errors --------------------------------------------------------------------------------
 
 
@@ -230,78 +330,3 @@ def test_no_weights_in_directory(tmp_path: Path) -> None:
     (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(CheckpointError, match=r"pickled pytorch_model\.bin files are not read"):
         convert.read_foreign_dir(tmp_path)
-
-
-# -- conversion files ----------------------------------------------------------------------
-
-# A user's conversion for another family: Keras-style dense layers <-> model=mlp.
-MLP_CONVERSION = """\
-description: dense layers with (in, out) kernels <-> model=mlp
-renames:
-  - {from: "dense_{i}.kernel", to: "{i}.weight", transpose: true}
-  - {from: "dense_{i}.bias", to: "{i}.bias"}
-config:
-  values:
-    hidden: {shape: 0.weight, dim: 0}
-    layers: {count: "{i}.weight"}
-    framework: {value: {name: keras}}
-"""
-
-
-@pytest.mark.parametrize("name", convert.shipped_conversions())
-def test_every_shipped_conversion_loads(name: str) -> None:
-    conversion = convert.load_conversion(name)
-    assert conversion.name == name and conversion.renames
-
-
-def test_user_conversion_from_a_path(tmp_path: Path) -> None:
-    (tmp_path / "dense.yaml").write_text(MLP_CONVERSION)
-    model = mf.build(compose(["model=mlp", "init=xavier"]))
-    convert.export_dir(model, tmp_path / "out", tmp_path / "dense.yaml")
-    foreign = convert.read_foreign_dir(tmp_path / "out")
-    assert sorted(foreign) == ["dense_0.bias", "dense_0.kernel", "dense_2.bias", "dense_2.kernel"]
-    assert foreign["dense_0.kernel"].shape == (20, 256)
-    config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert config == {"hidden": 256, "layers": 2, "framework": {"name": "keras"}}
-    back = convert.import_state(foreign, str(tmp_path / "dense.yaml"), model=model)
-    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
-
-
-def test_bad_conversion_file_names_each_key(tmp_path: Path) -> None:
-    bad = textwrap.dedent("""\
-        renames:
-          - {from: "a.weight", to: "x.weight"}
-          - {from: "b.{i}.weight", to: "y.weight"}
-          - {from: "c.weight", to: "z.weight", transpos: true}
-          - {from: "d.weight"}
-        ties:
-          - {from: "head", to: "h", same_as: "nope.weight"}
-        config:
-          values:
-            n: {shape: x.weight, count: "x"}
-    """)
-    (tmp_path / "bad.yaml").write_text(bad)
-    with pytest.raises(ConfigError) as info:
-        convert.load_conversion(tmp_path / "bad.yaml")
-    assert str(tmp_path / "bad.yaml") in str(info.value).splitlines()[0]
-    assert info.value.paths == [
-        "convert.renames.1.to",
-        "convert.renames.2.transpos",
-        "convert.renames.3.to",
-        "convert.ties.0.same_as",
-        "convert.config.values.n",
-    ]
-    assert "did you mean 'transpose'?" in str(info.value)
-
-
-def test_unknown_shipped_name() -> None:
-    with pytest.raises(ConfigError, match="unknown conversion 'hf_gtp2'; shipped: hf_gpt2"):
-        convert.load_conversion("hf_gtp2")
-
-
-@given(st.lists(st.integers(0, 10**6), min_size=2, max_size=2))
-def test_pattern_fill_and_match_are_inverse(indices: list[int]) -> None:
-    pattern = convert.Pattern.parse("h.{i}.mlp.{j}.weight")
-    values = {"i": str(indices[0]), "j": str(indices[1])}
-    assert pattern.match(pattern.fill(values)) == values
-    assert pattern.match("h.1.mlp.x.weight") is None

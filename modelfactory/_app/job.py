@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -28,8 +28,10 @@ from .._record import record_of
 from .._sample import run_sample, sample_input
 from ..checkpoint._bounds import check_sample_pass
 from ..errors import ConfigError
-from . import train as training
 from .progress import Spinner, step_bar
+
+if TYPE_CHECKING:
+    from . import train as training
 
 __all__ = [
     "APP_KEYS",
@@ -169,7 +171,7 @@ def build_job(cfg: Any, out_dir: Path) -> dict[str, Any]:
         The metrics written to ``metrics.json``: the init report, the checksum and, with
         ``train`` set, the ``train`` record.
     """
-    tc = training.parse_train(to_plain(cfg).get("train"))
+    tc = _train_config(to_plain(cfg).get("train"))
     model = mf.build(build_config(cfg))
     built = mf.config_of(model)
     if tc is not None and built.get("input_shape") is None:
@@ -191,9 +193,20 @@ def build_job(cfg: Any, out_dir: Path) -> dict[str, Any]:
     return metrics
 
 
+def _train_config(node: Any) -> training.TrainConfig | None:
+    """The ``train`` group's settings; ``None`` (``train=none``) imports no training code."""
+    if node is None:
+        return None
+    from . import train as training
+
+    return training.parse_train(node)
+
+
 def _train(
     model: nn.Module, tc: training.TrainConfig, seed: int, sample: torch.Tensor
 ) -> dict[str, Any]:
+    from . import train as training
+
     with step_bar(tc.steps + 1, f"train={tc.task}", in_sweep=_in_sweep()) as bar:
         record = training.train(model, tc, seed, sample, bar)
     losses = record["loss"]

@@ -179,6 +179,8 @@ def load_weights(
     path: Pathish,
     prefix_map: dict[str, str] | None = None,
     strict: bool = True,
+    *,
+    convert: str | os.PathLike | None = None,
 ) -> nn.Module:
     """Copy stored tensors into an existing model, in place (keeps its device, dtype, ties).
 
@@ -191,6 +193,9 @@ def load_weights(
         strict: every used tensor must land on a same-shaped parameter or buffer, and every
             model tensor under a target prefix (all of them without ``prefix_map``) must
             get one. Dtypes are cast.
+        convert: a conversion (``"hf_gpt2"`` or a conversion YAML's path): ``path`` is then a
+            foreign directory (``save_pretrained`` output, one file or sharded) whose tensor
+            names are renamed (see ``docs/convert.md``); not with ``prefix_map``.
 
     Returns:
         ``model``.
@@ -198,6 +203,10 @@ def load_weights(
     Raises:
         CheckpointError: (strict) tensors that do not fit, listed together.
     """
+    if convert is not None:
+        from ..convert._weights import load_converted
+
+        return load_converted(model, path, convert, prefix_map=prefix_map, strict=strict)
     file, _, (header, stored) = resolved(path, read_any)
     doc = header.doc or {}
     tensors = _with_aliases(stored, doc.get("aliases", {}))

@@ -35,7 +35,12 @@ Pathish = str | os.PathLike
 
 
 def save(
-    model: nn.Module, path: Pathish, *, cfg: Any = None, max_shard_size: int | str | None = None
+    model: nn.Module,
+    path: Pathish,
+    *,
+    cfg: Any = None,
+    max_shard_size: int | str | None = None,
+    convert: str | os.PathLike | None = None,
 ) -> Path:
     """Save ``model`` with its architecture, atomically.
 
@@ -54,6 +59,9 @@ def save(
             ``model-00001-of-0000N.safetensors`` plus ``model.safetensors.index.json`` (a
             tensor bigger than that gets a shard of its own). A model that fits in one
             shard is saved as ``model.safetensors``. ``None``: one file.
+        convert: a conversion (``"hf_gpt2"`` or a conversion YAML's path): write ``path`` as
+            a foreign directory instead (for ``hf_gpt2``, what ``from_pretrained`` loads:
+            ``model.safetensors`` and ``config.json``); see ``docs/convert.md``.
 
     Returns:
         The ``.safetensors`` file written, or the index of a sharded checkpoint.
@@ -65,6 +73,8 @@ def save(
             to a file name, or a write that fails (disk full, read-only directory, a
             directory where a file goes), which leaves the old checkpoint as it was.
     """
+    if convert is not None:
+        return _save_converted(model, path, convert, cfg, max_shard_size)
     path = Path(path)
     file = _target_file(path)
     config, knobs = _config_for(model, cfg, file)
@@ -91,6 +101,21 @@ def save(
         return file
     authority = fmt.MODEL_FILE if len(groups) == 1 else INDEX_FILE
     return _save_set(path, stored, doc, groups, _config_copy(config, knobs, authority))
+
+
+def _save_converted(
+    model: nn.Module, path: Pathish, convert: str | os.PathLike, cfg: Any, max_shard_size: Any
+) -> Path:
+    """``save(convert=...)``: the foreign layout (``modelfactory.convert``)."""
+    from ..convert._weights import save_converted
+
+    if max_shard_size is not None:
+        raise CheckpointError(
+            Path(path),
+            "save(convert=...) writes the foreign layout as one weights file; "
+            "max_shard_size is for modelfactory checkpoints (leave it out)",
+        )
+    return save_converted(model, path, convert, cfg=cfg)
 
 
 def _save_set(

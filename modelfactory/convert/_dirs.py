@@ -1,0 +1,145 @@
+"""Foreign directories on disk: reading ``save_pretrained`` output, writing one."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import CheckpointError
+from ._file import as_conversion
+from ._foreign_config import config_for
+from ._rules import INDEX, WEIGHTS, Conversion, fail
+from ._states import export_state
+
+
+def read_foreign_dir(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read the tensors of a ``save_pretrained`` directory (or of one ``.safetensors`` file).
+
+    ``model.safetensors`` is read if present, else ``model.safetensors.index.json`` and
+    the shards its ``weight_map`` names. Only safetensors: pickled ``pytorch_model.bin``
+    files are not read.
+
+    Raises:
+        CheckpointError: no weights there, an unreadable file, a bad index, or shards that
+            disagree with their index.
+    """
+    directory = Path(path)
+    if directory.is_file():
+        return _load(directory)
+    if (directory / WEIGHTS).is_file():
+        return _load(directory / WEIGHTS)
+    if not (directory / INDEX).is_file():
+        raise CheckpointError(
+            directory,
+            f"no {WEIGHTS} or {INDEX} here (a save_pretrained directory with safetensors "
+            "weights is expected; pickled pytorch_model.bin files are not read)",
+        )
+    return _read_shards(directory / INDEX)
+
+
+def _load(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(file, f"not a readable safetensors file ({e})") from e
+
+
+def _read_shards(index: Path) -> dict[str, torch.Tensor]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(index, f"not an index with a 'weight_map' ({e!r})") from e
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(index, "'weight_map' must map tensor names to shard file names")
+    tensors, problems = {}, []
+    for shard in sorted(set(weight_map.values())):
+        if Path(shard).name != shard or shard in {".", ".."}:
+            raise CheckpointError(index, f"shard {shard!r} is not a file name in this directory")
+        for name, t in _load(index.parent / shard).items():
+            if weight_map.get(name) != shard:
+                problems.append(f"{name!r} is in {shard}, the index says {weight_map.get(name)}")
+            tensors.setdefault(name, t)
+    problems += [
+        f"{k!r}: the index lists it in {v}, which lacks it"
+        for k, v in weight_map.items()
+        if k not in tensors
+    ]
+    fail(index, "shards do not match the index", problems)
+    return tensors
+
+
+def _unshared(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU, contiguous, and no two tensors on one storage (``save_file`` refuses those)."""
+    out, seen = {}, set()
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        out[name] = t.clone() if ptr in seen else t
+        seen.add(ptr)
+    return out
+
+
+def _atomic(target: Path, write: Callable[[Path], None]) -> None:
+    """Write ``target`` through a temporary file beside it: the old file or the new one."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except OSError as e:
+        raise CheckpointError(target, f"cannot write ({e})") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def export_dir(
+    model: nn.Module, path: str | os.PathLike[str], conversion: Conversion | str | os.PathLike[str]
+) -> Path:
+    """Write a model as a foreign directory (for ``hf_gpt2``: what ``from_pretrained`` loads).
+
+    Writes ``model.safetensors`` (foreign names, ``format: pt`` metadata) and the
+    conversion's config file (``config.json``), each atomically. Everything is computed
+    before anything is written.
+
+    Args:
+        model: a built model with real (not meta, not lazy) tensors.
+        path: the directory; created if missing.
+        conversion: a :class:`Conversion`, a shipped name or a YAML path.
+
+    Returns:
+        The directory.
+
+    Raises:
+        CheckpointError: meta or lazy tensors, a model that does not fit the conversion
+            (one error listing each tensor), or a file that cannot be written.
+    """
+    conv = as_conversion(conversion)
+    directory = Path(path)
+    state = model.state_dict()
+    bad = [k for k, t in state.items() if t.is_meta or nn.parameter.is_lazy(t)]
+    if bad:
+        raise CheckpointError(
+            directory, f"no values to write for {', '.join(bad[:5])} (meta or lazy)"
+        )
+    tensors = _unshared(export_state(state, conv, source=directory))
+    config = config_for(model, conv, conv.config_values, directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(directory, f"cannot create the directory ({e})") from e
+    _atomic(directory / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    if conv.config_file is not None:
+        text = json.dumps(config, indent=2) + "\n"
+        _atomic(directory / conv.config_file, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return directory

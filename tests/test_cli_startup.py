@@ -1,0 +1,96 @@
+"""What a plain run of the command leaves out: the second composition Hydra makes only to
+read ``hydra.mode``, and the modules only sweeps, training and pictures need."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from modelfactory.cli import mode_is_unset
+from modelfactory.configs import conf_dir
+
+from .test_cli import run
+
+# Runs the app's main in a fresh process, counting Hydra's compositions.
+PLAIN_RUN = """
+import json, sys
+from hydra._internal.hydra import Hydra
+composed = []
+compose = Hydra.compose_config
+def counting(self, *args, **kwargs):
+    composed.append(kwargs.get("run_mode"))
+    return compose(self, *args, **kwargs)
+Hydra.compose_config = counting
+from modelfactory.cli import main
+sys.argv = ["modelfactory", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as e:
+    assert not e.code, e.code
+# (no tqdm here: `import torch` imports it, through torch.hub)
+extras = ["matplotlib", "transformers", "modelfactory._app.train",
+          "modelfactory._app.tasks", "modelfactory._app.plot", "modelfactory.convert"]
+print(json.dumps({"composed": len(composed), "loaded": [m for m in extras if m in sys.modules]}))
+"""
+
+
+def test_a_plain_run_composes_once_and_imports_nothing_it_does_not_use(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", PLAIN_RUN, "hydra.run.dir=outputs/plain"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == {"composed": 1, "loaded": []}
+    assert (tmp_path / "outputs/plain/model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "unset"),
+    [
+        ([], True),
+        (["-m", "seed=0,1", "model=rgnet"], True),
+        (["hydra.mode=MULTIRUN", "seed=0,1"], False),
+        (["+hydra.mode=RUN"], False),
+        (["--config-dir", "conf", "model=mine"], False),
+        (["-cd=conf"], False),
+        (["--config-name", "other"], False),
+        (["-cp", "elsewhere"], False),
+    ],
+)
+def test_mode_is_unset_unless_the_command_line_may_set_it(argv: list[str], unset: bool) -> None:
+    assert mode_is_unset(argv) is unset
+
+
+def test_a_hydra_mode_override_still_chooses_the_mode(tmp_path: Path) -> None:
+    r = run(tmp_path, "hydra.mode=MULTIRUN", "seed=0,1", "hydra.sweep.dir=outputs/s")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.parent.name for p in (tmp_path / "outputs/s").glob("*/model.safetensors")) == [
+        "0",
+        "1",
+    ]
+
+
+def _sets_mode(node: Any, package: list[str]) -> bool:
+    if not isinstance(node, dict):
+        return False
+    if package == ["hydra"] and "mode" in node:
+        return True
+    return any(_sets_mode(v, [*package, str(k)]) for k, v in node.items())
+
+
+def test_no_shipped_config_sets_hydra_mode() -> None:
+    """What lets a plain run skip Hydra's mode probe (modelfactory.cli._no_mode_probe)."""
+    for file in conf_dir().rglob("*.yaml"):
+        doc = yaml.safe_load(file.read_text())
+        parts = file.relative_to(conf_dir()).parts
+        package = ["hydra", *parts[1:-1]] if parts[0] == "hydra" else []
+        assert not _sets_mode(doc, package), file
