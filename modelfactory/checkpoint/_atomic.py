@@ -32,7 +32,9 @@ __all__ = [
 # A writer's temporary file is removed by a later save only when its pid is dead here AND it
 # has not been touched for this long: on a shared filesystem the pid may be another host's.
 ORPHAN_AGE_S = 600
-READ_ATTEMPTS = 3
+# A read that a save keeps overtaking is tried again this many times (a save of a small
+# model can land faster than a loaded copy is read on a busy machine) before giving up.
+READ_ATTEMPTS = 10
 T = TypeVar("T")
 
 
