@@ -17,18 +17,26 @@ generator seeded with a key draws exactly what the default one would: values are
 of a build that reseeded the default generator. Limits: a random op that takes no
 ``generator`` (``dropout``) still draws from the global generator, and a Python float
 promoted into an integer tensor still takes the global default dtype.
+
+The fast path: a CPU build in a process with no other Python thread (nobody can observe
+the state it borrows) seeds the default CPU generator per node and sets the default dtype,
+inside ``torch.random.fork_rng`` and a restore of the dtype (:func:`alone`): the same
+values, without routing every torch call through the mode.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["DrawFrom", "Streams", "mix", "root_key", "sample_generator"]
+__all__ = ["DrawFrom", "Streams", "alone", "alone_on_cpu", "mix", "root_key", "sample_generator"]
 
 
 def mix(key: int, text: str) -> int:
@@ -141,3 +149,33 @@ class DrawFrom(TorchFunctionMode):
                     return func(*args, **{**kwargs, "dtype": self.dtype})
                 return out
         return func(*args, **kwargs)
+
+
+def alone_on_cpu(device: torch.device) -> bool:
+    """Whether a CPU build may take the fast path: no other Python thread exists (none can
+    see the process-wide state it borrows), so it need not route every torch call through
+    :class:`DrawFrom` (about 13 us per ``Linear``)."""
+    return device.type == "cpu" and threading.active_count() == 1
+
+
+class _DefaultStreams(Streams):
+    """The CPU default generator, seeded per node as :class:`Streams` would be: it draws
+    exactly what a private generator with the same key draws."""
+
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        return torch.default_generator if device.type == "cpu" else super().generator(device)
+
+
+@contextmanager
+def alone(dtype: torch.dtype) -> Iterator[Streams]:
+    """The single-threaded fast path of a CPU build: constructors draw from the default
+    generator and make ``dtype`` tensors by default; the caller's RNG state and default
+    dtype are restored afterwards. Only when :func:`alone_on_cpu`."""
+    old = torch.get_default_dtype()
+    with torch.random.fork_rng(devices=[]):
+        if dtype != old:
+            torch.set_default_dtype(dtype)
+        try:
+            yield _DefaultStreams()
+        finally:
+            torch.set_default_dtype(old)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
@@ -146,7 +147,10 @@ def apply_rules(model: nn.Module, rules: list[Rule], records: Iterable[Built], r
     chosen = _select(modules, rules)
     keys = _StreamKeys(modules, records, root)
     streams = Streams()  # one generator per device, re-seeded per tensor; never the global one
-    with torch.no_grad(), DrawFrom(streams):
+    # A function that takes ``generator`` is given it; only one that does not needs every
+    # random op routed (DrawFrom costs microseconds per torch call).
+    routed = any(r.draws and not accepts(r.fn, "generator") for r in rules)
+    with torch.no_grad(), DrawFrom(streams) if routed else nullcontext():
         for rule, full, pname, mname, param in chosen:
             if is_lazy(param):
                 raise ConfigError(

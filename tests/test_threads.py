@@ -121,3 +121,21 @@ def test_a_model_built_in_another_dtype_has_that_dtype_everywhere():
     model = mf.build(compose(["model=fixed_hidden_mlp"]), dtype="float64")
     assert {t.dtype for t in (*model.parameters(), *model.buffers())} == {torch.float64}
     assert torch.tensor([1.5]).dtype == torch.float32  # outside the build: untouched
+
+
+@pytest.mark.parametrize("name", sorted(BUILDS))
+def test_the_single_threaded_fast_path_builds_what_the_routed_path_builds(name, monkeypatch):
+    """Alone, a CPU build borrows the default generator and dtype (restored after) instead
+    of routing every torch call through DrawFrom; the values must be the same to the bit."""
+    import modelfactory.factory as factory
+
+    overrides, kw = BUILDS[name]
+    cfg = compose(overrides)
+    taken: list[bool] = []  # forced: another test may have left a thread running
+    monkeypatch.setattr(
+        factory, "alone_on_cpu", lambda d: taken.append(d.type == "cpu") or taken[-1]
+    )
+    fast = digest(mf.build(cfg, **kw))
+    assert True in taken
+    monkeypatch.setattr(factory, "alone_on_cpu", lambda d: False)
+    assert digest(mf.build(cfg, **kw)) == fast
