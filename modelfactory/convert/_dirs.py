@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..checkpoint._atomic import atomic_write
 from ..errors import CheckpointError
 from ._file import as_conversion
 from ._foreign_config import config_for
@@ -88,19 +88,11 @@ def _unshared(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _atomic(target: Path, write: Callable[[Path], None]) -> None:
-    """Write ``target`` through a temporary file beside it: the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
+    """Write ``target`` atomically (the old file or the new one), as checkpoints are."""
     try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        atomic_write(target, write)
     except OSError as e:
         raise CheckpointError(target, f"cannot write ({e})") from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def export_dir(
