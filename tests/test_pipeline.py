@@ -124,13 +124,13 @@ LOAD_IN_FRESH_PROCESS = """
 import sys, json
 import modelfactory as mf
 model = mf.load(sys.argv[1])
-heavy = ["torch._dynamo", "sympy", "hydra", "omegaconf"]
+heavy = ["torch._dynamo", "sympy", "hydra", "omegaconf", "yaml"]  # yaml: only for a changed copy
 print(json.dumps({"loaded": [m for m in heavy if m in sys.modules],
                   "tied": model.head.weight is model.embed.tok.weight}))
 """
 
 
-def test_a_fresh_load_imports_neither_dynamo_sympy_hydra_nor_omegaconf(tmp_path: Path) -> None:
+def test_a_fresh_load_imports_neither_dynamo_sympy_hydra_omegaconf_nor_yaml(tmp_path: Path) -> None:
     cfg = {
         "model": {
             "_target_": "modelfactory.blocks.Sequential",

@@ -18,14 +18,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 __all__ = ["MAX_COPY_BYTES", "compare_copy", "read_copy"]
 
 MAX_COPY_BYTES = 1 << 20  # 1 MiB: a GPT-2 config's copy is about 3 KB
 MAX_COPY_DEPTH = 200  # as deep as a config may nest (modelfactory._spec.MAX_DEPTH)
 MAX_COPY_EVENTS = 200_000  # YAML nodes (scalars, sequences, mappings)
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class _Unusable(Exception):
@@ -91,19 +88,24 @@ def _read_bounded(copy: Path) -> bytes:
 def _parse(data: bytes) -> Any:
     """The copy's YAML with the safe loader, once its events show it is small, shallow and
     free of aliases (which could make the comparison exponential)."""
+    import yaml  # only for a copy whose digest changed: off the usual load path
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         text = data.decode("utf-8")
-        _check_events(text)
-        return yaml.load(text, Loader=_LOADER)  # a safe loader: plain data only
+        _check_events(text, loader)
+        return yaml.load(text, Loader=loader)  # a safe loader: plain data only
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise _Unusable(f"not readable YAML: {type(e).__name__}") from e
     except (ValueError, OverflowError, RecursionError) as e:  # a 5000-digit int, ...
         raise _Unusable(f"holds a value the safe loader refuses: {type(e).__name__}") from e
 
 
-def _check_events(text: str) -> None:
+def _check_events(text: str, loader: Any) -> None:
+    import yaml
+
     depth = 0
-    for events, event in enumerate(yaml.parse(text, Loader=_LOADER), 1):
+    for events, event in enumerate(yaml.parse(text, Loader=loader), 1):
         if isinstance(event, yaml.AliasEvent):
             raise _Unusable("uses YAML aliases, which a saved copy never has")
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from .._config import normalize
@@ -244,6 +243,8 @@ def _config_copy(config: dict[str, Any], knobs: dict[str, Any], authority: str) 
     if knobs:
         shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in knobs.items())
         text += f"# Built with the knobs (already applied below): {shown}\n"
+    import yaml  # a save's work: kept off mf.load's imports
+
     return text + yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
 
 
