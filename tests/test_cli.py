@@ -60,8 +60,12 @@ def main_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess
 def basic_sweep(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Path, subprocess.CompletedProcess]:
-    cwd = tmp_path_factory.mktemp("sweep")
-    return cwd / "outputs/sweep", run(cwd, "-m", *SWEEP, "hydra.sweep.dir=outputs/sweep")
+    return sweep_in(tmp_path_factory.mktemp("sweep"), SWEEP)
+
+
+def sweep_in(cwd: Path, overrides: list[str]) -> tuple[Path, subprocess.CompletedProcess]:
+    """``modelfactory -m OVERRIDES`` in ``cwd``; returns its sweep directory and the run."""
+    return cwd / "outputs/sweep", run(cwd, "-m", *overrides, "hydra.sweep.dir=outputs/sweep")
 
 
 def test_main_job_writes_loadable_checkpoint_and_metrics(main_run) -> None:
@@ -251,8 +255,7 @@ TRAIN_SWEEP = [*SWEEP, "train=teacher", "train.steps=4"]
 def train_sweep(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Path, subprocess.CompletedProcess]:
-    cwd = tmp_path_factory.mktemp("train")
-    return cwd / "outputs/sweep", run(cwd, "-m", *TRAIN_SWEEP, "hydra.sweep.dir=outputs/sweep")
+    return sweep_in(tmp_path_factory.mktemp("train"), TRAIN_SWEEP)
 
 
 def test_sweep_2x2_with_training_writes_loss_curves_and_the_final_loss(train_sweep) -> None:
