@@ -171,7 +171,8 @@ def build_job(cfg: Any, out_dir: Path) -> dict[str, Any]:
         The metrics written to ``metrics.json``: the init report, the checksum and, with
         ``train`` set, the ``train`` record.
     """
-    tc = _train_config(to_plain(cfg).get("train"))
+    train = cfg.get("train")  # resolved alone: build resolves the rest of the config once
+    tc = _train_config(to_plain(train) if train is not None else None)
     model = mf.build(build_config(cfg))
     built = mf.config_of(model)
     if tc is not None and built.get("input_shape") is None:
