@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .._knobs import close_key
 from ..configs import conf_dir
 from ..errors import ConfigError
 from ._rules import Conversion, Expr, Pattern, Rename, Tie
@@ -76,8 +76,8 @@ def _keys(node: Any, path: str, allowed: set[str], required: set[str], problems:
         return False
     for key in node:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            close = close_key(str(key), allowed)
+            hint = f" (did you mean {close!r}?)" if close else ""
             problems.append((f"{path}.{key}", f"unknown key{hint}; expected one of {_or(allowed)}"))
     for key in sorted(required - node.keys()):
         problems.append((f"{path}.{key}", "missing required key"))
