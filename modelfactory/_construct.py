@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ._seeding import Streams, mix
+from ._seeding import RANDOM_FILLS, Streams, mix
 from ._spec import Node, Raw
 from ._targets import signature_of
 from .errors import ArgumentError, BuildError, ModelFactoryError
@@ -156,10 +156,12 @@ def _fresh(v: Any) -> Any:
 
 
 _FILLS = frozenset(
-    getattr(torch.Tensor, name)
-    for name in (
-        *("normal_", "uniform_", "bernoulli_", "exponential_", "geometric_", "log_normal_"),
-        *("cauchy_", "random_", "fill_", "zero_", "erfinv_", "clamp_"),
+    (
+        *RANDOM_FILLS,
+        torch.Tensor.fill_,
+        torch.Tensor.zero_,
+        torch.Tensor.erfinv_,
+        torch.Tensor.clamp_,
     )
 )
 

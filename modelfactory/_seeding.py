@@ -36,7 +36,16 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["DrawFrom", "Streams", "alone", "alone_on_cpu", "mix", "root_key", "sample_generator"]
+__all__ = [
+    "RANDOM_FILLS",
+    "DrawFrom",
+    "Streams",
+    "alone",
+    "alone_on_cpu",
+    "mix",
+    "root_key",
+    "sample_generator",
+]
 
 
 def mix(key: int, text: str) -> int:
@@ -78,10 +87,15 @@ class Streams:
 
 
 T = torch.Tensor
+# Tensor methods that fill a tensor in place with random values.
+RANDOM_FILLS = (
+    *(T.uniform_, T.normal_, T.bernoulli_, T.exponential_, T.geometric_, T.log_normal_),
+    *(T.cauchy_, T.random_),
+)
 _RANDOM = frozenset(
     (
-        *(T.uniform_, T.normal_, T.bernoulli_, T.exponential_, T.geometric_, T.log_normal_),
-        *(T.cauchy_, T.random_, T.bernoulli, T.multinomial, torch.rand, torch.randn),
+        *RANDOM_FILLS,
+        *(T.bernoulli, T.multinomial, torch.rand, torch.randn),
         *(torch.randint, torch.randperm, torch.normal, torch.bernoulli, torch.multinomial),
         *(torch.poisson, torch.rand_like, torch.randn_like, torch.randint_like),
     )

@@ -20,6 +20,7 @@ from ..errors import CheckpointError
 
 __all__ = [
     "atomic_write",
+    "atomic_write_or_fail",
     "identity",
     "remove_orphans",
     "stable",
@@ -53,6 +54,15 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
         raise
     sync_dir(path.parent)  # make the rename itself durable
+
+
+def atomic_write_or_fail(path: Path, write: Callable[[Path], None]) -> None:
+    """:func:`atomic_write`, an OS error (disk full, permissions) a ``CheckpointError``
+    naming ``path``."""
+    try:
+        atomic_write(path, write)
+    except OSError as e:
+        raise CheckpointError(path, f"cannot write ({e})") from e
 
 
 def _remove_orphans(path: Path) -> None:

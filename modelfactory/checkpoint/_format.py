@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from ..errors import CheckpointError
-from ._atomic import atomic_write, stable
+from ._atomic import atomic_write_or_fail, stable
 from ._bounds import check_shapes
 from ._reader import read_owned
 from ._schema import is_count, schema_problems, short
@@ -109,10 +109,7 @@ def write(path: Path, tensors: dict[str, torch.Tensor], doc: dict[str, Any]) -> 
         CheckpointError: a dtype safetensors cannot store, a reserved name, or an OS error.
     """
     meta = {META_KEY: doc_text(complete(path, tensors, doc))}
-    try:
-        atomic_write(path, lambda tmp: write_file(tmp, tensors, meta))
-    except OSError as e:  # disk full, permissions: name the file
-        raise CheckpointError(path, f"cannot write ({e})") from e
+    atomic_write_or_fail(path, lambda tmp: write_file(tmp, tensors, meta))
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..checkpoint._atomic import atomic_write
+from ..checkpoint._atomic import atomic_write_or_fail
 from ..errors import CheckpointError
 from ._file import as_conversion
 from ._foreign_config import config_for
@@ -87,14 +87,6 @@ def _unshared(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _atomic(target: Path, write: Callable[[Path], None]) -> None:
-    """Write ``target`` atomically (the old file or the new one), as checkpoints are."""
-    try:
-        atomic_write(target, write)
-    except OSError as e:
-        raise CheckpointError(target, f"cannot write ({e})") from e
-
-
 def export_dir(
     model: nn.Module, path: str | os.PathLike[str], conversion: Conversion | str | os.PathLike[str]
 ) -> Path:
@@ -130,8 +122,12 @@ def export_dir(
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CheckpointError(directory, f"cannot create the directory ({e})") from e
-    _atomic(directory / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write_or_fail(
+        directory / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"})
+    )
     if conv.config_file is not None:
         text = json.dumps(config, indent=2) + "\n"
-        _atomic(directory / conv.config_file, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        atomic_write_or_fail(
+            directory / conv.config_file, lambda tmp: tmp.write_text(text, encoding="utf-8")
+        )
     return directory
