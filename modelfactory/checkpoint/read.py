@@ -80,7 +80,7 @@ def load(
         CheckpointError: a missing or corrupt file, (strict) tensors that do not fit, or a
             ``dtype`` that is not floating.
     """
-    cast = _float_dtype(dtype, checkpoint_paths(path)[0])
+    cast = _float_dtype(dtype, path)
     file, copy, (header, stored) = resolved(
         path, lambda f: read_any(f, require="model", mmap=mmap, copy=_copy_of(f))
     )
@@ -321,15 +321,16 @@ def _with_aliases(
     return {**stored, **{alias: stored[source] for alias, source in aliases.items()}}
 
 
-def _float_dtype(dtype: str | torch.dtype | None, file: Path) -> torch.dtype | None:
+def _float_dtype(dtype: str | torch.dtype | None, path: Pathish) -> torch.dtype | None:
     """``load``'s ``dtype`` argument: ``None`` or a floating dtype (``nn.Module.to`` casts
-    only floating tensors, and refuses other dtypes)."""
+    only floating tensors, and refuses other dtypes). The checkpoint file is looked up
+    only to name it in the error."""
     if dtype is None:
         return None
     cast = parse_dtype(dtype, "dtype")
     if not cast.is_floating_point:
         raise CheckpointError(
-            file,
+            checkpoint_paths(path)[0],
             f"load(dtype={dtype!r}): expected a floating dtype such as 'float32' or "
             f"'bfloat16', got {str(cast).removeprefix('torch.')}",
         )
