@@ -10,13 +10,13 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .job import ERROR_FILE, METRICS_FILE
-from .progress import SweepProgress
+if TYPE_CHECKING:
+    from .progress import SweepProgress
 
 __all__ = ["SweepReport", "count_jobs"]
 
@@ -66,6 +66,11 @@ class SweepReport(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Count the jobs and start the progress display."""
+        # Imported here, not at the top: Hydra instantiates this callback in every plain run
+        # too, where the display (tqdm) is never used.
+        from .job import ERROR_FILE, METRICS_FILE
+        from .progress import SweepProgress
+
         self._t0 = time.perf_counter()
         self._total = count_jobs(config)
         if self.progress:
