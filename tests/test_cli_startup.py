@@ -27,20 +27,32 @@ def counting(self, *args, **kwargs):
     composed.append(kwargs.get("run_mode"))
     return compose(self, *args, **kwargs)
 Hydra.compose_config = counting
-from modelfactory.cli import main
+import gc
+import modelfactory.cli as cli
+collector = []  # the collector's state when the job starts: on, with torch frozen
+started = cli._COLLECTOR.started
+def recording():
+    started()
+    if not collector:  # the job's call (main calls it again as it ends)
+        collector.append([gc.isenabled(), "torch" in sys.modules, gc.get_freeze_count() > 100_000])
+cli._COLLECTOR.started = recording
 sys.argv = ["modelfactory", *sys.argv[1:]]
 try:
-    main()
+    cli.main()
 except SystemExit as e:
     assert not e.code, e.code
+collector.append([gc.isenabled()])
 # (no tqdm here: `import torch` imports it, through torch.hub)
 extras = ["matplotlib", "transformers", "modelfactory._app.train",
           "modelfactory._app.tasks", "modelfactory._app.plot", "modelfactory.convert"]
-print(json.dumps({"composed": len(composed), "loaded": [m for m in extras if m in sys.modules]}))
+loaded = [m for m in extras if m in sys.modules]
+print(json.dumps({"composed": len(composed), "loaded": loaded, "collector": collector}))
 """
 
 
 def test_a_plain_run_composes_once_and_imports_nothing_it_does_not_use(tmp_path: Path) -> None:
+    """And runs its job with the collector on: paused while Hydra and torch are imported, what
+    they made frozen (cli._StartupCollector), then back on, as after the command."""
     out = subprocess.run(
         [sys.executable, "-c", PLAIN_RUN, "hydra.run.dir=outputs/plain"],
         cwd=tmp_path,
@@ -49,7 +61,11 @@ def test_a_plain_run_composes_once_and_imports_nothing_it_does_not_use(tmp_path:
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.splitlines()[-1]) == {"composed": 1, "loaded": []}
+    assert json.loads(out.stdout.splitlines()[-1]) == {
+        "composed": 1,
+        "loaded": [],
+        "collector": [[True, True, True], [True]],
+    }
     assert (tmp_path / "outputs/plain/model.safetensors").is_file()
 
 
