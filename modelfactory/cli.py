@@ -188,12 +188,14 @@ def _run_app() -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from ._app import composition
+
     app = hydra.main(config_path=str(conf_dir()), config_name=APP_CONFIG, version_base="1.3")(_task)
     # Let Hydra's own errors (a bad override, an unknown option) reach us, so that they are
     # reported in one paragraph like ours instead of with Hydra's multi-part message.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
-        with _no_mode_probe(sys.argv[1:]):
+        with _no_mode_probe(sys.argv[1:]), composition.cached():
             app()
     except (HydraException, OmegaConfBaseException) as e:
         if _verbose():

@@ -1,0 +1,188 @@
+"""A plain run's composed config, kept for the next run of the same command line.
+
+Hydra composes the config afresh in every process: YAML parsing, defaults lists, merges and
+deep copies, about 0.1 s, a third of the command's own start-up. What it composes depends
+only on the command line, the current directory, the config sources (directories and
+packages of YAML files, and the structured configs that Hydra and its plugins register in
+code) and the versions of the code doing it. So a composed config is kept, pickled, beside
+what it was made from; a later run of the same command line takes it when every source is as
+it was (each file compared as Python compares a ``.pyc`` with its ``.py``: size and
+modification time) and composes afresh otherwise. Only successful compositions are kept, so
+an error always comes from Hydra itself.
+
+The cache is ``$XDG_CACHE_HOME/modelfactory/compose`` (``~/.cache/modelfactory/compose``),
+at most :data:`MAX_ENTRIES` files (the least recently used go), and is used only when that
+directory is the user's own and writable by no one else.
+``MODELFACTORY_COMPOSE_CACHE=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.resources
+import json
+import logging
+import os
+import pickle
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when an entry's layout changes
+MAX_ENTRIES = 256
+ENV_SWITCH = "MODELFACTORY_COMPOSE_CACHE"
+
+
+def cache_dir() -> Path | None:
+    """Where entries live, or None when the cache is off or the directory is not safe."""
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = Path(base) / "modelfactory" / "compose"
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = folder.stat()
+    except OSError:
+        return None
+    # Entries are pickles: only a directory of the user's own that nobody else can write.
+    if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o022):
+        log.debug("compose cache %s is not private: not used", folder)
+        return None
+    return folder
+
+
+def _tree(root: Path) -> list[tuple[str, int, int]]:
+    rows = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(files):
+            st = os.stat(os.path.join(folder, name))
+            rows.append(
+                (os.path.relpath(os.path.join(folder, name), root), st.st_size, st.st_mtime_ns)
+            )
+    return rows
+
+
+def _source_state(schema: str, path: str) -> Any:
+    """What a config source holds, cheaply; raises LookupError for a source it cannot tell."""
+    if schema == "file":
+        return _tree(Path(path))
+    if schema == "pkg":
+        root = importlib.resources.files(path.replace("/", "."))
+        if not isinstance(root, Path):  # a zip, or another loader's resource
+            raise LookupError(path)
+        return _tree(root)
+    if schema == "structured":  # registered by code: the key covers the code
+        return None
+    raise LookupError(f"{schema}://{path}")
+
+
+def _code_state() -> list[Any]:
+    """The code that composes and registers configs: versions, and Hydra plugins' files."""
+    import hydra
+    import omegaconf
+
+    from .. import __file__ as package_file
+
+    plugins = []
+    for name, module in sorted(sys.modules.items()):
+        if name.startswith("hydra_plugins.") and getattr(module, "__file__", None):
+            st = os.stat(module.__file__)
+            plugins.append((name, st.st_size, st.st_mtime_ns))
+    return [FORMAT, sys.version, hydra.__version__, omegaconf.__version__, package_file, plugins]
+
+
+def _key(config_name: str | None, overrides: list[str], task: str, how: dict[str, Any]) -> str:
+    material = [_code_state(), config_name, list(overrides), os.getcwd(), task, sorted(how.items())]
+    return hashlib.sha256(json.dumps(material, default=str).encode()).hexdigest()[:32]
+
+
+def _state_of(cfg: Any) -> dict[str, Any]:
+    sources = [
+        (s.schema, s.path, _source_state(s.schema, s.path))
+        for s in cfg.hydra.runtime.config_sources
+    ]
+    env = {k: os.environ.get(k) for k in cfg.hydra.job.env_copy}
+    return {"sources": sources, "env": env}
+
+
+def lookup(folder: Path, key: str) -> Any | None:
+    """The config kept under ``key``, if every source it was composed from is unchanged."""
+    from omegaconf import OmegaConf
+
+    try:
+        entry = pickle.loads((folder / f"{key}.pkl").read_bytes())
+        state = {"sources": [(s, p, _source_state(s, p)) for s, p, _ in entry["sources"]]}
+        state["env"] = {k: os.environ.get(k) for k in entry["env"]}
+        if state != {"sources": entry["sources"], "env": entry["env"]}:
+            return None
+        cfg = entry["cfg"]
+    except Exception:  # absent, unreadable, from other code, a source gone: compose afresh
+        return None
+    OmegaConf.clear_cache(cfg)  # nothing resolved in another run (${now:...}) is kept
+    with contextlib.suppress(OSError):  # recently used: the last to be dropped
+        os.utime(folder / f"{key}.pkl")
+    return cfg
+
+
+def store(folder: Path, key: str, cfg: Any) -> None:
+    """Keep ``cfg`` under ``key`` (atomically), dropping the least recently used entries
+    beyond :data:`MAX_ENTRIES`."""
+    try:
+        entry = pickle.dumps({**_state_of(cfg), "cfg": cfg})
+    except Exception as e:  # a source it cannot tell, or a value that does not pickle
+        log.debug("compose cache: not kept (%s)", e)
+        return
+    from ..checkpoint._atomic import atomic_write
+
+    try:
+        atomic_write(folder / f"{key}.pkl", lambda tmp: tmp.write_bytes(entry))
+        entries = sorted(folder.glob("*.pkl"), key=lambda p: p.stat().st_mtime_ns)
+        for stale in entries[:-MAX_ENTRIES]:
+            stale.unlink(missing_ok=True)
+    except OSError as e:  # a cache that cannot be written only costs time
+        log.debug("compose cache: not kept (%s)", e)
+
+
+@contextlib.contextmanager
+def cached() -> Iterator[None]:
+    """Let Hydra's compositions come from the cache (``Hydra.compose_config``: a run's, a
+    multirun's and the one it makes to read ``hydra.mode``; not a sweep's per-job ones)."""
+    folder = cache_dir()
+    try:
+        import hydra._internal.hydra as hydra_impl
+        from hydra.core.utils import JobRuntime, configure_log
+    except ImportError:  # another Hydra layout: compose as it does
+        folder = None
+    if folder is None:
+        yield
+        return
+    compose: Callable[..., Any] = hydra_impl.Hydra.compose_config
+
+    def compose_config(
+        self: Any, config_name: Any, overrides: Any, run_mode: Any, **kw: Any
+    ) -> Any:
+        if not kw.get("from_shell", True):  # hydra.compose() inside a job: not the command's
+            return compose(self, config_name, overrides, run_mode, **kw)
+        how = {k: v for k, v in kw.items() if k != "with_log_configuration"}
+        how["run_mode"] = str(run_mode)  # a multirun's composition skips missing values
+        key = _key(config_name, overrides, str(JobRuntime.instance().get("name")), how)
+        cfg = lookup(folder, key)
+        if cfg is None:
+            cfg = compose(self, config_name, overrides, run_mode, **kw)
+            store(folder, key, cfg)
+        elif kw.get("with_log_configuration"):  # what compose_config does beside composing
+            configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
+            hydra_impl.log = logging.getLogger(hydra_impl.__name__)
+            self._print_debug_info(config_name, overrides, run_mode)
+        return cfg
+
+    hydra_impl.Hydra.compose_config = compose_config  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        hydra_impl.Hydra.compose_config = compose  # type: ignore[method-assign]

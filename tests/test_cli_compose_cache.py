@@ -1,0 +1,100 @@
+"""The command's kept compositions (modelfactory/_app/composition.py): a second run of the
+same command line takes the config the first one composed, writes the same run directory,
+and composes afresh whenever a config source changed or the cache cannot be trusted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .test_cli_startup import PLAIN_RUN
+
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+MINE = """\
+# @package _global_
+width: {width}
+model:
+  _target_: modelfactory.blocks.Sequential
+  layers:
+    inp: {{_target_: torch.nn.Linear, in_features: 8, out_features: "${{width}}"}}
+    out: {{_target_: torch.nn.Linear, in_features: "${{width}}", out_features: 2}}
+input_shape: [4, 8]
+"""
+
+
+def plain_run(cwd: Path, cache: Path, *args: str, **env: str) -> dict[str, str | int]:
+    """One run of the command's main in a fresh process: how often Hydra composed, and the
+    run directory's .hydra files (read before the next run rewrites them)."""
+    environ = {**os.environ, "XDG_CACHE_HOME": str(cache), **env}
+    environ.pop("HYDRA_FULL_ERROR", None)
+    out = subprocess.run(
+        [sys.executable, "-c", PLAIN_RUN, *args, "hydra.run.dir=outputs/run"],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    files = {name: (cwd / "outputs/run/.hydra" / name).read_text() for name in HYDRA_FILES}
+    return {"composed": json.loads(out.stdout.splitlines()[-1])["composed"], **files}
+
+
+def entries(cache: Path) -> list[Path]:
+    return sorted((cache / "modelfactory/compose").glob("*.pkl"))
+
+
+def test_a_second_run_takes_the_kept_config_and_writes_the_same_run_dir(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = plain_run(tmp_path, cache, "model=mlp", "init=xavier", "seed=3")
+    assert first["composed"] == 1 and len(entries(cache)) == 1
+    again = plain_run(tmp_path, cache, "model=mlp", "init=xavier", "seed=3")
+    assert again == {**first, "composed": 0}
+    assert "seed=3" in str(again["overrides.yaml"]) and "xavier" in str(again["config.yaml"])
+    assert (cache / "modelfactory/compose").stat().st_mode & 0o077 == 0
+    other = plain_run(tmp_path, cache, "model=mlp", "init=xavier", "seed=4")
+    assert other["composed"] == 1 and len(entries(cache)) == 2
+    assert "seed: 4" in str(other["config.yaml"])
+
+
+def test_an_edited_config_file_is_composed_afresh(tmp_path: Path) -> None:
+    cache, mine = tmp_path / "cache", tmp_path / "conf/model/mine.yaml"
+    mine.parent.mkdir(parents=True)
+    mine.write_text(MINE.format(width=16))
+    # With configs of the user's, Hydra also composes to read hydra.mode: twice a run.
+    args = ("--config-dir", "conf", "model=mine")
+    assert plain_run(tmp_path, cache, *args)["composed"] == 2
+    assert plain_run(tmp_path, cache, *args)["composed"] == 0
+    mine.write_text(MINE.format(width=32))
+    edited = plain_run(tmp_path, cache, *args)
+    assert edited["composed"] == 2 and "width: 32" in str(edited["config.yaml"])
+    (mine.parent / "other.yaml").write_text(MINE.format(width=4))  # a new option in the group
+    assert plain_run(tmp_path, cache, *args)["composed"] == 2
+
+
+def test_a_copied_environment_variable_is_read_again(tmp_path: Path) -> None:
+    cache, args = tmp_path / "cache", ("hydra.job.env_copy=[MF_TEST_VALUE]",)
+    assert plain_run(tmp_path, cache, *args, MF_TEST_VALUE="a")["composed"] == 1
+    assert plain_run(tmp_path, cache, *args, MF_TEST_VALUE="a")["composed"] == 0
+    changed = plain_run(tmp_path, cache, *args, MF_TEST_VALUE="b")
+    assert changed["composed"] == 1 and "MF_TEST_VALUE: b" in str(changed["hydra.yaml"])
+
+
+@pytest.mark.parametrize("spoil", ["garbage", "shared", "off"])
+def test_a_cache_that_cannot_be_trusted_is_not_used(tmp_path: Path, spoil: str) -> None:
+    cache = tmp_path / "cache"
+    first = plain_run(tmp_path, cache, "seed=1")
+    env = {"MODELFACTORY_COMPOSE_CACHE": "0"} if spoil == "off" else {}
+    if spoil == "garbage":
+        entries(cache)[0].write_bytes(b"not a pickle")
+    if spoil == "shared":
+        (cache / "modelfactory/compose").chmod(0o777)
+    again = plain_run(tmp_path, cache, "seed=1", **env)
+    assert again == first  # composed afresh, the same run directory
+    if spoil == "garbage":  # and kept again, whole
+        assert plain_run(tmp_path, cache, "seed=1")["composed"] == 0
