@@ -98,3 +98,22 @@ def test_a_cache_that_cannot_be_trusted_is_not_used(tmp_path: Path, spoil: str) 
     assert again == first  # composed afresh, the same run directory
     if spoil == "garbage":  # and kept again, whole
         assert plain_run(tmp_path, cache, "seed=1")["composed"] == 0
+
+
+def test_printing_the_config_keeps_it_without_importing_torch(tmp_path: Path) -> None:
+    """``--cfg job`` needs no torch, with the cache cold or warm (keeping an entry must not
+    import the checkpoint package, which imports torch)."""
+    snippet = (
+        "import sys; sys.argv = ['modelfactory', '--cfg', 'job', 'seed=5']\n"
+        "from modelfactory.cli import main\n"
+        "main()\n"
+        "print('torch' in sys.modules)\n"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    for _ in range(2):
+        out = subprocess.run(
+            [sys.executable, "-c", snippet], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        assert "seed: 5" in out.stdout and out.stdout.splitlines()[-1] == "False"
+    assert len(entries(tmp_path / "cache")) == 1

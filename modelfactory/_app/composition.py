@@ -137,15 +137,19 @@ def store(folder: Path, key: str, cfg: Any) -> None:
     except Exception as e:  # a source it cannot tell, or a value that does not pickle
         log.debug("compose cache: not kept (%s)", e)
         return
-    from ..checkpoint._atomic import atomic_write
-
+    # Written through a temporary file and renamed, so no reader sees half an entry; not
+    # fsynced (a lost entry is composed again), nor through checkpoint._atomic, whose
+    # package imports torch, which `--help` and `--cfg job` never need.
+    tmp = folder / f".{key}.{os.getpid()}.tmp"
     try:
-        atomic_write(folder / f"{key}.pkl", lambda tmp: tmp.write_bytes(entry))
+        tmp.write_bytes(entry)
+        os.replace(tmp, folder / f"{key}.pkl")
         entries = sorted(folder.glob("*.pkl"), key=lambda p: p.stat().st_mtime_ns)
         for stale in entries[:-MAX_ENTRIES]:
             stale.unlink(missing_ok=True)
     except OSError as e:  # a cache that cannot be written only costs time
         log.debug("compose cache: not kept (%s)", e)
+        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
