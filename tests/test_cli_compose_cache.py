@@ -56,7 +56,8 @@ def test_a_second_run_takes_the_kept_config_and_writes_the_same_run_dir(tmp_path
     again = plain_run(tmp_path, cache, "model=mlp", "init=xavier", "seed=3")
     assert again == {**first, "composed": 0}
     assert "seed=3" in str(again["overrides.yaml"]) and "xavier" in str(again["config.yaml"])
-    assert (cache / "modelfactory/compose").stat().st_mode & 0o077 == 0
+    for private in [cache / "modelfactory/compose", *entries(cache)]:  # they hold env values
+        assert private.stat().st_mode & 0o077 == 0, private
     other = plain_run(tmp_path, cache, "model=mlp", "init=xavier", "seed=4")
     assert other["composed"] == 1 and len(entries(cache)) == 2
     assert "seed: 4" in str(other["config.yaml"])
@@ -93,7 +94,7 @@ def test_a_cache_that_cannot_be_trusted_is_not_used(tmp_path: Path, spoil: str) 
     if spoil == "garbage":
         entries(cache)[0].write_bytes(b"not a pickle")
     if spoil == "shared":
-        (cache / "modelfactory/compose").chmod(0o777)
+        (cache / "modelfactory/compose").chmod(0o755)  # others may read
     again = plain_run(tmp_path, cache, "seed=1", **env)
     assert again == first  # composed afresh, the same run directory
     if spoil == "garbage":  # and kept again, whole
@@ -117,3 +118,44 @@ def test_printing_the_config_keeps_it_without_importing_torch(tmp_path: Path) ->
         assert out.returncode == 0, out.stderr
         assert "seed: 5" in out.stdout and out.stdout.splitlines()[-1] == "False"
     assert len(entries(tmp_path / "cache")) == 1
+
+
+def test_another_search_path_is_another_composition(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    for width in (16, 32):
+        (tmp_path / f"conf{width}/model").mkdir(parents=True)
+        (tmp_path / f"conf{width}/model/mine.yaml").write_text(MINE.format(width=width))
+    first = plain_run(tmp_path, cache, "--config-dir", "conf16", "model=mine")
+    other = plain_run(tmp_path, cache, "--config-dir", "conf32", "model=mine")
+    assert "width: 16" in str(first["config.yaml"]) and "width: 32" in str(other["config.yaml"])
+    assert other["composed"] == 2
+
+
+def test_a_resolver_in_a_defaults_list_is_never_kept(tmp_path: Path) -> None:
+    """``- override model: ${oc.env:MF_MODEL}``: its value comes from outside the sources."""
+    cache, conf = tmp_path / "cache", tmp_path / "conf"
+    (conf / "model").mkdir(parents=True)
+    (conf / "mine.yaml").write_text(
+        "defaults:\n  - app\n  - override model: ${oc.env:MF_MODEL}\n  - _self_\n"
+    )
+    for width in (16, 32):
+        (conf / f"model/w{width}.yaml").write_text(MINE.format(width=width))
+    args = ("--config-dir", "conf", "--config-name", "mine")
+    first = plain_run(tmp_path, cache, *args, MF_MODEL="w16")
+    other = plain_run(tmp_path, cache, *args, MF_MODEL="w32")
+    assert "width: 16" in str(first["config.yaml"]) and "width: 32" in str(other["config.yaml"])
+    assert other["composed"] == 2 and entries(cache) == []
+
+
+def test_a_config_file_reached_through_a_symlink_is_watched(tmp_path: Path) -> None:
+    cache, real = tmp_path / "cache", tmp_path / "real/model/mine.yaml"
+    real.parent.mkdir(parents=True)
+    real.write_text(MINE.format(width=16))
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf/model").symlink_to(real.parent, target_is_directory=True)
+    (tmp_path / "conf/loop").symlink_to(tmp_path / "conf", target_is_directory=True)
+    args = ("--config-dir", "conf", "model=mine")
+    assert plain_run(tmp_path, cache, *args)["composed"] == 2
+    real.write_text(MINE.format(width=32))
+    edited = plain_run(tmp_path, cache, *args)
+    assert edited["composed"] == 2 and "width: 32" in str(edited["config.yaml"])

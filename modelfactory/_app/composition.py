@@ -2,13 +2,15 @@
 
 Hydra composes the config afresh in every process: YAML parsing, defaults lists, merges and
 deep copies, about 0.1 s, a third of the command's own start-up. What it composes depends
-only on the command line, the current directory, the config sources (directories and
-packages of YAML files, and the structured configs that Hydra and its plugins register in
-code) and the versions of the code doing it. So a composed config is kept, pickled, beside
-what it was made from; a later run of the same command line takes it when every source is as
-it was (each file compared as Python compares a ``.pyc`` with its ``.py``: size and
-modification time) and composes afresh otherwise. Only successful compositions are kept, so
-an error always comes from Hydra itself.
+only on the command line, the current directory, the search path, the config sources
+(directories and packages of YAML files, and the structured configs that Hydra and its
+plugins register in code) and the versions of the code doing it. So a composed config is
+kept, pickled, beside what it was made from; a later run of the same command line takes it
+when every source is as it was (each file, symlinks followed, compared as Python compares a
+``.pyc`` with its ``.py``: size and modification time) and composes afresh otherwise. Not
+kept: a composition that fails (an error always comes from Hydra itself), and one whose
+defaults list calls a resolver (``- override model: ${oc.env:MODEL}``), whose value comes
+from outside the sources.
 
 The cache is ``$XDG_CACHE_HOME/modelfactory/compose`` (``~/.cache/modelfactory/compose``),
 at most :data:`MAX_ENTRIES` files (the least recently used go), and is used only when that
@@ -25,6 +27,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,16 +51,23 @@ def cache_dir() -> Path | None:
         st = folder.stat()
     except OSError:
         return None
-    # Entries are pickles: only a directory of the user's own that nobody else can write.
-    if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o022):
+    # Entries are pickles, and hold copied environment variables (hydra.job.env_copy): only
+    # a directory of the user's own that nobody else can read or write.
+    if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o077):
         log.debug("compose cache %s is not private: not used", folder)
         return None
     return folder
 
 
 def _tree(root: Path) -> list[tuple[str, int, int]]:
-    rows = []
-    for folder, dirs, files in os.walk(root):
+    """Each file under ``root`` (through symlinks, as Hydra reads them): name, size, mtime."""
+    rows, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:  # a link back up the tree
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")
         for name in sorted(files):
             st = os.stat(os.path.join(folder, name))
@@ -142,7 +152,8 @@ def store(folder: Path, key: str, cfg: Any) -> None:
     # package imports torch, which `--help` and `--cfg job` never need.
     tmp = folder / f".{key}.{os.getpid()}.tmp"
     try:
-        tmp.write_bytes(entry)
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            f.write(entry)
         os.replace(tmp, folder / f"{key}.pkl")
         entries = sorted(folder.glob("*.pkl"), key=lambda p: p.stat().st_mtime_ns)
         for stale in entries[:-MAX_ENTRIES]:
@@ -150,6 +161,31 @@ def store(folder: Path, key: str, cfg: Any) -> None:
     except OSError as e:  # a cache that cannot be written only costs time
         log.debug("compose cache: not kept (%s)", e)
         tmp.unlink(missing_ok=True)
+
+
+RESOLVER = re.compile(r"\$\{[^{}]*:")  # ${oc.env:X}, ${now:...}: not ${model}
+
+
+@contextlib.contextmanager
+def _watching_defaults() -> Iterator[list[str]]:
+    """Lists each defaults-list interpolation with a resolver in it that Hydra resolves
+    meanwhile (``- override model: ${oc.env:MODEL}``): its value comes from outside the
+    config sources, so such a composition is not kept."""
+    from hydra.core.default_element import InputDefault
+
+    seen: list[str] = []
+    resolve = InputDefault._resolve_interpolation_impl
+
+    def watching(self: Any, known_choices: Any, val: str | None) -> str:
+        if val is not None and RESOLVER.search(val):
+            seen.append(val)
+        return resolve(self, known_choices, val)
+
+    InputDefault._resolve_interpolation_impl = watching  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        InputDefault._resolve_interpolation_impl = resolve  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager
@@ -174,11 +210,16 @@ def cached() -> Iterator[None]:
             return compose(self, config_name, overrides, run_mode, **kw)
         how = {k: v for k, v in kw.items() if k != "with_log_configuration"}
         how["run_mode"] = str(run_mode)  # a multirun's composition skips missing values
+        how["search_path"] = [
+            (e.provider, e.path) for e in self.config_loader.get_search_path().get_path()
+        ]
         key = _key(config_name, overrides, str(JobRuntime.instance().get("name")), how)
         cfg = lookup(folder, key)
         if cfg is None:
-            cfg = compose(self, config_name, overrides, run_mode, **kw)
-            store(folder, key, cfg)
+            with _watching_defaults() as resolved:
+                cfg = compose(self, config_name, overrides, run_mode, **kw)
+            if not resolved:
+                store(folder, key, cfg)
         elif kw.get("with_log_configuration"):  # what compose_config does beside composing
             configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
             hydra_impl.log = logging.getLogger(hydra_impl.__name__)
