@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 # Hydra and OmegaConf are imported by main, once the collector is paused (_StartupCollector).
 
-__all__ = ["main"]
+__all__ = ["main", "run"]
 
 log = logging.getLogger("modelfactory")
 
@@ -55,15 +55,17 @@ def _verbose(cfg: DictConfig | None = None) -> bool:
 
 
 class _StartupCollector:
-    """How the command runs Python's cyclic garbage collector: the command owns its process.
+    """How the console script runs Python's cyclic garbage collector in its own process.
 
-    Starting, it imports Hydra, OmegaConf and torch: hundreds of thousands of long-lived
-    objects and almost no garbage (about 14,000 objects). Each full collection during those
-    imports walks everything imported so far (about 0.2 s in all, on torch's import alone), so
-    the collector is off until torch is in; then what is alive is frozen (:func:`gc.freeze`)
-    and the collector back on. Later collections skip the frozen objects, and so does the one
-    the interpreter makes as it exits (about 0.3 s otherwise). A command that fails before
-    torch is imported just ends; the collector's state is restored either way.
+    Starting, the command imports Hydra, OmegaConf and torch: hundreds of thousands of
+    long-lived objects and almost no garbage (about 14,000 objects). Each full collection
+    during those imports walks everything imported so far (about 0.2 s in all, on torch's
+    import alone), so the collector is off until torch is in (or a sweep starts: its jobs
+    may run in other processes); then what is alive is frozen (:func:`gc.freeze`) and the
+    collector back on. Later collections skip the frozen objects, and so does the one
+    the interpreter makes as it exits (about 0.3 s otherwise). Only :func:`run`, the process
+    itself, does this: frozen garbage is never freed, so :func:`main` called in a process of
+    the caller's leaves the collector alone.
     """
 
     def __init__(self) -> None:
@@ -72,10 +74,20 @@ class _StartupCollector:
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
         self._paused = gc.isenabled()
-        gc.disable()
+        gc.disable()  # before Hydra is imported: its import is a third of the command's own
+        from hydra._internal.hydra import Hydra
+
+        multirun = Hydra.multirun
+
+        def sweeping(hydra: Any, *args: Any, **kwargs: Any) -> Any:
+            self.started()  # a sweep: its jobs may run elsewhere, this process needs it
+            return multirun(hydra, *args, **kwargs)
+
+        Hydra.multirun = sweeping  # type: ignore[method-assign]
         try:
             yield
         finally:
+            Hydra.multirun = multirun  # type: ignore[method-assign]
             self.started()
             gc.freeze()  # the process ends now: spare its last collection the walk
 
@@ -172,18 +184,14 @@ def _no_mode_probe(argv: Sequence[str]) -> Iterator[None]:
 
 
 def main() -> None:
-    """Entry point of the ``modelfactory`` console script (arguments from ``sys.argv``).
+    """The ``modelfactory`` command, arguments from ``sys.argv`` (the console script runs it
+    through :func:`run`).
 
     Like ``python -m`` and ``python script.py``, the command imports modules from the current
     directory: a ``_target_: myblocks.MyBlock`` finds ``./myblocks.py``.
     """
     if os.getcwd() not in sys.path:  # a console script's sys.path[0] is its bin/ directory
         sys.path.insert(0, os.getcwd())
-    with _COLLECTOR.paused():
-        _run_app()
-
-
-def _run_app() -> None:
     import hydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -204,5 +212,12 @@ def _run_app() -> None:
         raise SystemExit(2) from None
 
 
+def run() -> None:
+    """The ``modelfactory`` console script: :func:`main` in a process of its own, the cyclic
+    collector paused while it starts (:class:`_StartupCollector`)."""
+    with _COLLECTOR.paused():
+        main()
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -4,6 +4,7 @@ read ``hydra.mode``, and the modules only sweeps, training and pictures need."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,7 @@ def recording():
 cli._COLLECTOR.started = recording
 sys.argv = ["modelfactory", *sys.argv[1:]]
 try:
-    cli.main()
+    cli.run()
 except SystemExit as e:
     assert not e.code, e.code
 collector.append([gc.isenabled()])
@@ -67,6 +68,42 @@ def test_a_plain_run_composes_once_and_imports_nothing_it_does_not_use(tmp_path:
         "collector": [[True, True, True], [True]],
     }
     assert (tmp_path / "outputs/plain/model.safetensors").is_file()
+
+
+# main() in a process of the caller's, and run() sweeping: the collector is left alone, and on
+# while the sweep runs (its jobs may run in a launcher's processes).
+COLLECTOR = """
+import gc, json, os, sys
+from hydra._internal.hydra import Hydra
+import modelfactory.cli as cli
+seen = []
+multirun = Hydra.multirun
+Hydra.multirun = lambda self, *a, **k: seen.append(gc.isenabled()) or multirun(self, *a, **k)
+sys.argv = ["modelfactory", *sys.argv[1:]]
+getattr(cli, os.environ["ENTRY"])()
+print(json.dumps({"sweeping": seen, "frozen": gc.get_freeze_count(), "on": gc.isenabled()}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("entry", "args", "frozen"),
+    [("main", ["hydra.run.dir=outputs/p"], False), ("run", ["-m", "seed=0,1"], True)],
+)
+def test_the_collector_is_left_alone_in_process_and_on_while_sweeping(
+    tmp_path: Path, entry: str, args: list[str], frozen: bool
+) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", COLLECTOR, *args, "hydra.sweep.dir=outputs/s"],
+        cwd=tmp_path,
+        env={**os.environ, "ENTRY": entry},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.splitlines()[-1])
+    assert got["on"] and bool(got["frozen"]) is frozen
+    assert got["sweeping"] == ([True] if entry == "run" else [])
 
 
 @pytest.mark.parametrize(
