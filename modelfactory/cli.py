@@ -196,14 +196,12 @@ def main() -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from ._app import composition
-
     app = hydra.main(config_path=str(conf_dir()), config_name=APP_CONFIG, version_base="1.3")(_task)
     # Let Hydra's own errors (a bad override, an unknown option) reach us, so that they are
     # reported in one paragraph like ours instead of with Hydra's multi-part message.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
-        with _no_mode_probe(sys.argv[1:]), composition.cached():
+        with _no_mode_probe(sys.argv[1:]):
             app()
     except (HydraException, OmegaConfBaseException) as e:
         if _verbose():
@@ -214,9 +212,14 @@ def main() -> None:
 
 def run() -> None:
     """The ``modelfactory`` console script: :func:`main` in a process of its own, the cyclic
-    collector paused while it starts (:class:`_StartupCollector`)."""
+    collector paused while it starts (:class:`_StartupCollector`) and compositions kept for
+    the next run (``modelfactory._app.composition``; a caller of :func:`main` may register
+    structured configs in code, which the cache could not see change)."""
     with _COLLECTOR.paused():
-        main()
+        from ._app import composition
+
+        with composition.cached():
+            main()
 
 
 if __name__ == "__main__":

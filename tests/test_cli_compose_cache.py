@@ -106,8 +106,8 @@ def test_printing_the_config_keeps_it_without_importing_torch(tmp_path: Path) ->
     import the checkpoint package, which imports torch)."""
     snippet = (
         "import sys; sys.argv = ['modelfactory', '--cfg', 'job', 'seed=5']\n"
-        "from modelfactory.cli import main\n"
-        "main()\n"
+        "from modelfactory.cli import run\n"
+        "run()\n"
         "print('torch' in sys.modules)\n"
     )
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}

@@ -71,7 +71,8 @@ def test_a_plain_run_composes_once_and_imports_nothing_it_does_not_use(tmp_path:
 
 
 # main() in a process of the caller's, and run() sweeping: the collector is left alone, and on
-# while the sweep runs (its jobs may run in a launcher's processes).
+# while the sweep runs (its jobs may run in a launcher's processes); only run() keeps
+# compositions.
 COLLECTOR = """
 import gc, json, os, sys
 from hydra._internal.hydra import Hydra
@@ -95,7 +96,7 @@ def test_the_collector_is_left_alone_in_process_and_on_while_sweeping(
     out = subprocess.run(
         [sys.executable, "-c", COLLECTOR, *args, "hydra.sweep.dir=outputs/s"],
         cwd=tmp_path,
-        env={**os.environ, "ENTRY": entry},
+        env={**os.environ, "ENTRY": entry, "XDG_CACHE_HOME": str(tmp_path / "cache")},
         capture_output=True,
         text=True,
         timeout=300,
@@ -104,6 +105,8 @@ def test_the_collector_is_left_alone_in_process_and_on_while_sweeping(
     got = json.loads(out.stdout.splitlines()[-1])
     assert got["on"] and bool(got["frozen"]) is frozen
     assert got["sweeping"] == ([True] if entry == "run" else [])
+    # and only the console script keeps compositions (a caller may register configs in code)
+    assert (tmp_path / "cache/modelfactory/compose").is_dir() is frozen
 
 
 @pytest.mark.parametrize(
