@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._app.patching import replaced
 from .configs import compose_error_text, conf_dir
 from .errors import ConfigError, ModelFactoryError
 
@@ -83,11 +84,10 @@ class _StartupCollector:
             self.started()  # a sweep: its jobs may run elsewhere, this process needs it
             return multirun(hydra, *args, **kwargs)
 
-        Hydra.multirun = sweeping  # type: ignore[method-assign]
         try:
-            yield
+            with replaced(Hydra, "multirun", sweeping):
+                yield
         finally:
-            Hydra.multirun = multirun  # type: ignore[method-assign]
             self.started()
             gc.freeze()  # the process ends now: spare its last collection the walk
 
@@ -172,15 +172,11 @@ def _no_mode_probe(argv: Sequence[str]) -> Iterator[None]:
     except ImportError:  # another Hydra layout: keep its own probe
         yield
         return
-    probe = Hydra.get_mode
     if not mode_is_unset(argv):
         yield
         return
-    Hydra.get_mode = lambda self, config_name, overrides: None  # type: ignore[method-assign]
-    try:
+    with replaced(Hydra, "get_mode", lambda self, config_name, overrides: None):
         yield
-    finally:
-        Hydra.get_mode = probe  # type: ignore[method-assign]
 
 
 def main() -> None:
