@@ -51,18 +51,26 @@ print(json.dumps({"composed": len(composed), "loaded": loaded, "collector": coll
 """
 
 
-def test_a_plain_run_composes_once_and_imports_nothing_it_does_not_use(tmp_path: Path) -> None:
-    """And runs its job with the collector on: paused while Hydra and torch are imported, what
-    they made frozen (cli._StartupCollector), then back on, as after the command."""
+def plain_run(cwd: Path, *args: str, **env: str) -> dict[str, Any]:
+    """:data:`PLAIN_RUN` in a fresh process, in ``cwd``, with ``env`` added: what it prints."""
+    environ = {**os.environ, **env}
+    environ.pop("HYDRA_FULL_ERROR", None)
     out = subprocess.run(
-        [sys.executable, "-c", PLAIN_RUN, "hydra.run.dir=outputs/plain"],
-        cwd=tmp_path,
+        [sys.executable, "-c", PLAIN_RUN, *args],
+        cwd=cwd,
+        env=environ,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.splitlines()[-1]) == {
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_a_plain_run_composes_once_and_imports_nothing_it_does_not_use(tmp_path: Path) -> None:
+    """And runs its job with the collector on: paused while Hydra and torch are imported, what
+    they made frozen (cli._StartupCollector), then back on, as after the command."""
+    assert plain_run(tmp_path, "hydra.run.dir=outputs/plain") == {
         "composed": 1,
         "loaded": [],
         "collector": [[True, True, True], [True]],
