@@ -29,9 +29,11 @@ import os
 import pickle
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from .patching import replaced
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +113,13 @@ def _key(config_name: str | None, overrides: list[str], task: str, how: dict[str
     return hashlib.sha256(json.dumps(material, default=str).encode()).hexdigest()[:32]
 
 
-def _state_of(cfg: Any) -> dict[str, Any]:
-    sources = [
-        (s.schema, s.path, _source_state(s.schema, s.path))
-        for s in cfg.hydra.runtime.config_sources
-    ]
-    env = {k: os.environ.get(k) for k in cfg.hydra.job.env_copy}
-    return {"sources": sources, "env": env}
+def _state(sources: Iterable[tuple[str, str]], env_copy: Iterable[str]) -> dict[str, Any]:
+    """What a composition read from outside the command line: its sources, as they are now,
+    and the environment variables it copies (``hydra.job.env_copy``)."""
+    return {
+        "sources": [(schema, path, _source_state(schema, path)) for schema, path in sources],
+        "env": {k: os.environ.get(k) for k in env_copy},
+    }
 
 
 def lookup(folder: Path, key: str) -> Any | None:
@@ -126,11 +128,9 @@ def lookup(folder: Path, key: str) -> Any | None:
 
     try:
         entry = pickle.loads((folder / f"{key}.pkl").read_bytes())
-        state = {"sources": [(s, p, _source_state(s, p)) for s, p, _ in entry["sources"]]}
-        state["env"] = {k: os.environ.get(k) for k in entry["env"]}
-        if state != {"sources": entry["sources"], "env": entry["env"]}:
+        cfg = entry.pop("cfg")
+        if _state([(s, p) for s, p, _ in entry["sources"]], entry["env"]) != entry:
             return None
-        cfg = entry["cfg"]
     except Exception:  # absent, unreadable, from other code, a source gone: compose afresh
         return None
     OmegaConf.clear_cache(cfg)  # nothing resolved in another run (${now:...}) is kept
@@ -143,7 +143,8 @@ def store(folder: Path, key: str, cfg: Any) -> None:
     """Keep ``cfg`` under ``key`` (atomically), dropping the least recently used entries
     beyond :data:`MAX_ENTRIES`."""
     try:
-        entry = pickle.dumps({**_state_of(cfg), "cfg": cfg})
+        sources = [(s.schema, s.path) for s in cfg.hydra.runtime.config_sources]
+        entry = pickle.dumps({**_state(sources, cfg.hydra.job.env_copy), "cfg": cfg})
     except Exception as e:  # a source it cannot tell, or a value that does not pickle
         log.debug("compose cache: not kept (%s)", e)
         return
@@ -181,11 +182,8 @@ def _watching_defaults() -> Iterator[list[str]]:
             seen.append(val)
         return resolve(self, known_choices, val)
 
-    InputDefault._resolve_interpolation_impl = watching  # type: ignore[method-assign]
-    try:
+    with replaced(InputDefault, "_resolve_interpolation_impl", watching):
         yield seen
-    finally:
-        InputDefault._resolve_interpolation_impl = resolve  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager
@@ -226,8 +224,5 @@ def cached() -> Iterator[None]:
             self._print_debug_info(config_name, overrides, run_mode)
         return cfg
 
-    hydra_impl.Hydra.compose_config = compose_config  # type: ignore[method-assign]
-    try:
+    with replaced(hydra_impl.Hydra, "compose_config", compose_config):
         yield
-    finally:
-        hydra_impl.Hydra.compose_config = compose  # type: ignore[method-assign]
