@@ -47,6 +47,8 @@ def load(
     strict: bool = True,
     *,
     mmap: bool = False,
+    mesh: Any = None,
+    fsdp_units: Any = "repeat",
 ) -> nn.Module:
     """Rebuild a saved model from its checkpoint alone.
 
@@ -71,6 +73,10 @@ def load(
             when touched); the file must then not change while the model lives: a file
             overwritten in place changes the weights, and one truncated kills the process
             (``SIGBUS``). Saves never write in place, they rename.
+        mesh: a ``DeviceMesh``: the model comes back sharded over it (FSDP2, as
+            ``build(cfg, mesh=...)`` shards it, ``fsdp_units`` alike), each rank reading only
+            its own rows of the file; the mesh gives the device (``device`` must be ``None``).
+            See :mod:`modelfactory.distributed`.
 
     Returns:
         The model, with ties restored as identity.
@@ -80,6 +86,16 @@ def load(
         CheckpointError: a missing or corrupt file, (strict) tensors that do not fit, or a
             ``dtype`` that is not floating.
     """
+    if mesh is not None:
+        from ..distributed import load_sharded
+
+        if device is not None:
+            raise CheckpointError(
+                Path(path),
+                "load(mesh=...) places the model on the mesh's devices; leave device out",
+            )
+        options = {"dtype": dtype, "trusted": trusted, "strict": strict}
+        return load_sharded(path, mesh, fsdp_units=fsdp_units, **options)
     cast = _float_dtype(dtype, path)
     file, copy, (header, stored) = resolved(
         path, lambda f: read_any(f, require="model", mmap=mmap, copy=_copy_of(f))
@@ -181,6 +197,7 @@ def load_weights(
     strict: bool = True,
     *,
     convert: str | os.PathLike | None = None,
+    mesh: Any = None,
 ) -> nn.Module:
     """Copy stored tensors into an existing model, in place (keeps its device, dtype, ties).
 
@@ -196,6 +213,8 @@ def load_weights(
         convert: a conversion (``"hf_gpt2"`` or a conversion YAML's path): ``path`` is then a
             foreign directory (``save_pretrained`` output, one file or sharded) whose tensor
             names are renamed (see ``docs/convert.md``); not with ``prefix_map``.
+        mesh: the ``DeviceMesh`` a sharded model (``build(cfg, mesh=...)``) is sharded over;
+            a sharded model is recognized without it. Each rank reads only its own rows.
 
     Returns:
         ``model``.
@@ -207,6 +226,12 @@ def load_weights(
         from ..convert._weights import load_converted
 
         return load_converted(model, path, convert, prefix_map=prefix_map, strict=strict)
+    from ..distributed import is_sharded
+
+    if mesh is not None or is_sharded(model):
+        from ..distributed import load_weights_sharded
+
+        return load_weights_sharded(model, path, prefix_map, strict, mesh=mesh)
     file, _, (header, stored) = resolved(path, read_any)
     doc = header.doc or {}
     tensors = _with_aliases(stored, doc.get("aliases", {}))
