@@ -1,0 +1,172 @@
+"""Sharded build, save, load and the command over a DeviceMesh (FSDP2, gloo, CPU).
+
+One process group of three ranks starts for the whole module (about 12 s on 2 cores);
+every check runs inside it, on a mesh of 3 ranks and one of 2, and records what it saw
+(``tests/distributed_checks.py``); the tests assert on the records. Uneven shapes: a
+vocabulary of 37 rows, an MLP of 40.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import modelfactory as mf
+from modelfactory.configs import compose
+
+from . import distributed_checks as checks
+
+WORLD = 3
+MESHES = ("3", "2")
+
+
+@pytest.fixture(scope="module")
+def group_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, dict]]:
+    """Spawn the group once, run every check, return the run directory and each rank's
+    records."""
+    out = tmp_path_factory.mktemp("group")
+    ctx = mp.start_processes(
+        checks.main, args=(WORLD, str(out)), nprocs=WORLD, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + 300
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the process group did not finish in 300 s")
+    return out, {r: json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)}
+
+
+@pytest.fixture(scope="module")
+def seen(group_run: tuple[Path, dict[int, dict]]) -> dict[int, dict]:
+    return group_run[1]
+
+
+def ranks_of(size: str) -> range:
+    return range(int(size))
+
+
+def built(size: str) -> list[str]:
+    return [n for n in checks.CONFIGS if size == "3" or n in checks.ON_TWO]
+
+
+@pytest.mark.parametrize("size", MESHES)
+def test_build_gathers_one_process_values_and_forward(seen: dict, size: str) -> None:
+    for name in built(size):
+        for rank in ranks_of(size):
+            got = seen[rank][f"build/{size}/{name}"]
+            assert got["bad"] == [], f"{name}, rank {rank}: these differ: {got['bad']}"
+            assert got["forward_equal"], f"{name}, rank {rank}"
+            assert got["params"] == got["ref_params"]
+
+
+@pytest.mark.parametrize("size", MESHES)
+def test_ties_stay_one_parameter(seen: dict, size: str) -> None:
+    for rank in ranks_of(size):
+        assert seen[rank][f"build/{size}/gpt"]["ties"] == [True]  # embed.tok.weight is head.weight
+        assert seen[rank][f"build/{size}/shared"]["ties"] == [True]  # module 2 is module 4
+        for name in checks.SAVED:
+            assert all(seen[rank][f"load/{size}/{name}/sharded"]["ties"])
+
+
+@pytest.mark.parametrize("size", MESHES)
+def test_plan_rank_bytes_are_what_each_rank_holds(seen: dict, size: str) -> None:
+    """The plan, made here in one process with nothing allocated, says what each rank
+    of a real sharded build holds (FSDP2's padded rows, buffers whole)."""
+    for name in built(size):
+        planned = mf.plan(compose(checks.CONFIGS[name]), world_size=int(size)).rank_bytes
+        for rank in ranks_of(size):
+            assert planned == seen[rank][f"build/{size}/{name}"]["local_bytes"], (name, rank)
+
+
+@pytest.mark.parametrize("size", MESHES)
+@pytest.mark.parametrize("name", list(checks.SAVED))
+def test_sharded_save_writes_the_one_process_files(seen: dict, size: str, name: str) -> None:
+    save = seen[0][f"build/{size}/{name}"]["save"]
+    for layout in ("single", "sharded"):
+        assert save[layout]["files"] and save[layout]["same_tensors"], layout
+        assert save[layout]["same_bytes"], layout  # saves are deterministic: byte for byte
+    assert save["sharded"]["written"] == "model.safetensors.index.json"
+    for rank in ranks_of(size):  # every rank returns the file rank 0 wrote
+        assert (
+            seen[rank][f"build/{size}/{name}"]["save"]["single"]["written"] == "model.safetensors"
+        )
+
+
+@pytest.mark.parametrize("size", MESHES)
+@pytest.mark.parametrize("name", list(checks.SAVED))
+@pytest.mark.parametrize("layout", ["single", "sharded"])
+def test_load_reads_only_each_ranks_rows(seen: dict, size: str, name: str, layout: str) -> None:
+    """Each rank's reads are its rows (buffers whole); together the ranks read every stored
+    parameter byte exactly once, and no rank read the file."""
+    records = [seen[rank][f"load/{size}/{name}/{layout}"] for rank in ranks_of(size)]
+    buffers = set(records[0]["buffers"])
+    covered: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
+    for rank, got in enumerate(records):
+        assert got["bad"] == [], f"rank {rank}: {got['bad']}"
+        assert got["read_bytes"] == got["rows_bytes"], f"rank {rank} read more than its rows"
+        for file, key, start, end in got["ranges"]:
+            if key in buffers:
+                continue
+            covered[(file, key)].append((start, end))
+        assert got["read_bytes"] < got["file_bytes"], f"rank {rank} read the whole file"
+    for (_, key), spans in covered.items():
+        spans.sort()
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), f"{key}: ranks overlap"
+    stored = sum(e - s for spans in covered.values() for s, e in spans)
+    buffer_bytes = sum(e - s for file, key, s, e in records[0]["ranges"] if key in buffers)
+    assert stored + buffer_bytes == records[0]["file_bytes"]
+    for got in records:  # buffers: whole, on every rank
+        assert {key for _, key, _, _ in got["ranges"] if key in buffers} == buffers
+
+
+@pytest.mark.parametrize("size", MESHES)
+def test_load_weights_into_a_sharded_model(seen: dict, size: str) -> None:
+    for rank in ranks_of(size):
+        got = seen[rank][f"load_weights/{size}"]
+        assert got["before"] > 0 and got["bad"] == []
+
+
+def test_command_under_ranks_prints_the_one_process_checksum(
+    group_run: tuple[Path, dict[int, dict]],
+) -> None:
+    """``mesh=fsdp`` on 3 ranks: rank 0 writes the run directory, whose checksum and
+    checkpoint are a one-process run's; the other ranks write nothing."""
+    out, seen = group_run
+    run_dir = out / "cli_run"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["world_size"] == WORLD
+    from modelfactory._app.job import checksum, sample_output
+
+    model = mf.build(compose(checks.CONFIGS["gpt"]))
+    assert (
+        metrics["checksum"]["sha256"]
+        == checksum(sample_output(model, mf.config_of(model))[1])["sha256"]
+    )
+    assert "sharded over 3 ranks" in (run_dir / "summary.txt").read_text()
+    assert torch.equal(
+        mf.load(run_dir).state_dict()["blocks.1.mlp.body.fc.weight"],
+        model.state_dict()["blocks.1.mlp.body.fc.weight"],
+    )
+    for rank in range(WORLD):
+        assert seen[rank]["cli"]["cwd"] == [], f"rank {rank} wrote {seen[rank]['cli']['cwd']}"
+
+
+def test_a_destroyed_process_group_is_a_clear_error(seen: dict) -> None:
+    for what in ("build", "load"):
+        message = seen[0]["errors"][what]
+        assert message.startswith("DeviceError"), message
+        assert "process group is not initialized" in message
+        assert "init_process_group" in message
+
+
+def test_mesh_must_be_a_device_mesh() -> None:
+    with pytest.raises(mf.DeviceError, match=r"expected a torch.distributed DeviceMesh, got str"):
+        mf.build({"_target_": "torch.nn.Linear", "in_features": 2, "out_features": 2}, mesh="cpu")
