@@ -1,8 +1,9 @@
-"""What tests/test_distributed.py checks, run inside one spawned process group.
+"""What tests/test_distributed.py checks, run inside one process group.
 
-Three ranks (gloo, CPU) start once; every check runs on a mesh of all three and on one
-of ranks 0 and 1 (rank 2 waits), and records what it saw in ``rank<N>.json``; the tests
-assert on those records. Shapes are uneven on purpose (37 rows over 2 and 3 ranks).
+Three ranks (gloo, CPU) start once (:func:`start`); every check runs on a mesh of all
+three and on one of ranks 0 and 1 (rank 2 waits), and records what it saw in
+``rank<N>.json``; the tests assert on those records. Shapes are uneven on purpose
+(37 rows over 2 and 3 ranks).
 """
 
 from __future__ import annotations
@@ -36,7 +37,35 @@ SAVED = {"gpt": "1KB", "resnet": None}  # saved and loaded: name -> max_shard_si
 ON_TWO = ("gpt", "shared", "resnet")  # built on the mesh of 2 ranks too (all on the mesh of 3)
 
 
-def main(rank: int, world: int, out: str) -> None:
+def composed() -> dict[str, dict[str, Any]]:
+    """Each config of :data:`CONFIGS`, composed (by the test process: Hydra's composition
+    costs about 0.3 s a config, in each rank) as plain data with its knobs."""
+    from omegaconf import OmegaConf
+
+    from modelfactory.configs import compose
+
+    return {n: OmegaConf.to_container(compose(o), resolve=False) for n, o in CONFIGS.items()}
+
+
+def start(world: int, out: str, configs: dict[str, dict[str, Any]]) -> None:
+    """In a fresh (spawned) process: import what every rank needs, once, then fork the
+    ranks, which so start in milliseconds instead of importing torch, DTensor and Hydra
+    again (about 3.5 s of CPU a rank). This process has run no torch op (no thread pool to
+    inherit), which is what makes the fork safe."""
+    import hydra  # noqa: F401  (the command's check)
+    import torch.distributed.fsdp
+    import torch.distributed.tensor  # noqa: F401
+    import torch.multiprocessing as mp
+
+    import modelfactory.cli
+    import modelfactory.distributed.build
+    import modelfactory.distributed.load
+    import modelfactory.distributed.save  # noqa: F401
+
+    mp.start_processes(main, args=(world, out, configs), nprocs=world, start_method="fork")
+
+
+def main(rank: int, world: int, out: str, configs: dict[str, dict[str, Any]]) -> None:
     """One rank: start the group, run every check, write ``rank<N>.json``."""
     from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
@@ -47,39 +76,33 @@ def main(rank: int, world: int, out: str) -> None:
     seen: dict[str, Any] = {}
     out_dir = Path(out)
     if rank == 0:
-        _save_references(out_dir)
+        _save_references(out_dir, configs)
     dist.barrier()
     for size, mesh in meshes.items():
         if mesh.get_coordinate() is None:
             continue
-        for name, overrides in CONFIGS.items():
+        for name, cfg in configs.items():
             if size == "3" or name in ON_TWO:
-                seen[f"build/{size}/{name}"] = check_build(overrides, mesh, out_dir, name)
+                seen[f"build/{size}/{name}"] = check_build(cfg, mesh, out_dir, name)
         for name in SAVED:
             for layout in ("single", "sharded"):
                 seen[f"load/{size}/{name}/{layout}"] = check_load(
                     out_dir / f"ref_{name}_{layout}", mesh
                 )
-        seen[f"load_weights/{size}"] = check_load_weights(out_dir, mesh)
+        seen[f"load_weights/{size}"] = check_load_weights(configs["gpt"], out_dir, mesh)
     seen["cli"] = check_cli(rank, out_dir)
     dist.barrier()
     dist.destroy_process_group()
-    seen["errors"] = check_errors(meshes["3"], out_dir)
+    seen["errors"] = check_errors(configs["lazy"], meshes["3"], out_dir)
     (out_dir / f"rank{rank}.json").write_text(json.dumps(seen))
 
 
-def _cfg(overrides: list[str], **changes: Any) -> Any:
-    from modelfactory.configs import compose
-
-    return compose([*overrides, *(f"{k}={v}" for k, v in changes.items())])
-
-
-def _save_references(out: Path) -> None:
+def _save_references(out: Path, configs: dict[str, dict[str, Any]]) -> None:
     """One-process checkpoints: what sharded saves must equal, what sharded loads read."""
     import modelfactory as mf
 
     for name, limit in SAVED.items():
-        model = mf.build(_cfg(CONFIGS[name]))
+        model = mf.build(configs[name])
         mf.save(model, out / f"ref_{name}_single")
         mf.save(model, out / f"ref_{name}_sharded", max_shard_size=limit or "2KB")
 
@@ -133,12 +156,11 @@ def _rows_bytes(model: torch.nn.Module) -> int:
     return total + sum(b.nbytes for b in model.buffers())
 
 
-def check_build(overrides: list[str], mesh: Any, out: Path, name: str) -> dict[str, Any]:
+def check_build(cfg: dict[str, Any], mesh: Any, out: Path, name: str) -> dict[str, Any]:
     """Gathered values, ties, forward, bytes per rank; the collective save of it."""
     import modelfactory as mf
     from modelfactory.distributed import resharded
 
-    cfg = _cfg(overrides)
     ref = mf.build(cfg)
     model = mf.build(cfg, mesh=mesh)
     seen = {"bad": _different(_gathered(model), _all_tensors(ref))}
@@ -283,11 +305,11 @@ def check_load(path: Path, mesh: Any) -> dict[str, Any]:
     }
 
 
-def check_load_weights(out: Path, mesh: Any) -> dict[str, Any]:
+def check_load_weights(cfg: dict[str, Any], out: Path, mesh: Any) -> dict[str, Any]:
     """``load_weights`` (from the sharded checkpoint) into a sharded model of another seed."""
     import modelfactory as mf
 
-    model = mf.build(_cfg(CONFIGS["gpt"], seed=1), mesh=mesh)
+    model = mf.build(cfg, seed=1, mesh=mesh)
     stored = mf.load_tensors(out / "ref_gpt_single")
     before = _different(_gathered(model), stored)
     mf.load_weights(model, out / "ref_gpt_sharded", mesh=mesh)
@@ -313,13 +335,13 @@ def check_cli(rank: int, out: Path) -> dict[str, Any]:
     return {"cwd": sorted(p.name for p in cwd.iterdir())}
 
 
-def check_errors(mesh: Any, out: Path) -> dict[str, str]:
+def check_errors(cfg: dict[str, Any], mesh: Any, out: Path) -> dict[str, str]:
     """After the group is destroyed: a build and a load over the old mesh."""
     import modelfactory as mf
 
     seen = {}
     for what, call in (
-        ("build", lambda: mf.build(_cfg(CONFIGS["lazy"]), mesh=mesh)),
+        ("build", lambda: mf.build(cfg, mesh=mesh)),
         ("load", lambda: mf.load(out / "ref_gpt_single", mesh=mesh)),
     ):
         try:
