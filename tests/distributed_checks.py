@@ -318,21 +318,25 @@ def check_load_weights(cfg: dict[str, Any], out: Path, mesh: Any) -> dict[str, A
 
 def check_cli(rank: int, out: Path) -> dict[str, Any]:
     """The command as under torchrun (``RANK`` set): each rank builds its shard, rank 0
-    writes the run directory; ranks run in directories of their own, which stay empty."""
+    writes the run directory; ranks run in directories of their own, which stay empty but
+    for rank 0's plan run (``plan=true``, in ``outputs/``)."""
     from modelfactory import cli
 
     cwd = out / f"cwd{rank}"
     cwd.mkdir()
     os.chdir(cwd)
     os.environ["RANK"] = str(rank)
-    run_dir = out / "cli_run"
     argv = sys.argv
-    sys.argv = ["modelfactory", "mesh=fsdp", *CONFIGS["gpt"], f"hydra.run.dir={run_dir}"]
     try:
+        if rank == 0:  # the plan: no collective, nothing built
+            plan = ["plan=true", "mesh.size=3", "max_shard_size=10KB"]
+            sys.argv = ["modelfactory", "mesh=fsdp", *CONFIGS["gpt"], *plan]
+            cli.main()
+        sys.argv = ["modelfactory", "mesh=fsdp", *CONFIGS["gpt"], f"hydra.run.dir={out}/cli_run"]
         cli.main()
     finally:
         sys.argv = argv
-    return {"cwd": sorted(p.name for p in cwd.iterdir())}
+    return {"cwd": sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*") if p.is_file())}
 
 
 def check_errors(cfg: dict[str, Any], mesh: Any, out: Path) -> dict[str, str]:

@@ -155,8 +155,21 @@ def test_command_under_ranks_prints_the_one_process_checksum(
         mf.load(run_dir).state_dict()["blocks.1.mlp.body.fc.weight"],
         model.state_dict()["blocks.1.mlp.body.fc.weight"],
     )
-    for rank in range(WORLD):
+    for rank in range(1, WORLD):
         assert seen[rank]["cli"]["cwd"] == [], f"rank {rank} wrote {seen[rank]['cli']['cwd']}"
+
+
+def test_command_plan_prints_the_table_and_builds_nothing(
+    group_run: tuple[Path, dict[int, dict]],
+) -> None:
+    out, seen = group_run
+    files = seen[0]["cli"]["cwd"]
+    assert not any(f.endswith((".safetensors", "metrics.json")) for f in files), files
+    log = next(f for f in files if f.endswith("modelfactory.log"))
+    text = (out / "cwd0" / log).read_text()
+    plan = mf.plan(compose(checks.CONFIGS["gpt"]), world_size=3, max_shard_size="10KB")
+    assert plan.table() in text
+    assert "per rank of 3 (FSDP2)" in text and "model-00001-of-" in text
 
 
 def test_a_destroyed_process_group_is_a_clear_error(seen: dict) -> None:
