@@ -87,8 +87,8 @@ class Plan:
     def table(self) -> str:
         """The plan as a two-column table, for people."""
         rows = [
-            ("parameters", f"{self.params:,}  ({_size(self.param_bytes)}, {self.dtype})"),
-            ("buffers", f"{self.buffers:,}  ({_size(self.buffer_bytes)})"),
+            ("parameters", f"{self.params:,} {self.dtype}: {_size(self.param_bytes)}"),
+            ("buffers", f"{self.buffers:,}: {_size(self.buffer_bytes)}"),
             ("modules", f"{self.modules:,}"),
         ]
         if self.flops is not None:
@@ -116,7 +116,7 @@ def _size(n: int | None) -> str:
         return "?"
     for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= scale:
-            return f"{n / scale:,.2f} {unit}  ({n:,} bytes)"
+            return f"{n / scale:,.2f} {unit} ({n:,} bytes)"
     return f"{n:,} bytes"
 
 
@@ -125,7 +125,7 @@ def _count(n: int | None) -> str:
         return "?"
     for unit, scale in (("P", 10**15), ("T", 10**12), ("G", 10**9), ("M", 10**6)):
         if n >= scale:
-            return f"{n / scale:,.2f} {unit}  ({n:,})"
+            return f"{n / scale:,.2f} {unit} ({n:,})"
     return f"{n:,}"
 
 

@@ -174,20 +174,36 @@ def _where(file: Path, stand_ins: dict[str, torch.Tensor]) -> dict[str, Path]:
     return {k: file.with_name(v) for k, v in wmap.items()}
 
 
+# Bytes of a file read through one mapping: safetensors maps the whole file, and the pages
+# a rank reads count as its resident memory until the mapping closes, so it is reopened
+# after each batch (a rank's peak is its shard plus this, not twice its shard).
+MAPPED = 16 * 2**20
+
+
 def _read_file(file: Path, targets: dict[str, torch.Tensor]) -> None:
     """This rank's rows of each target, from ``file`` (``get_slice``: the pages of those rows
     only); the file must not change while it is read."""
+    keys = list(targets)
     try:
         before = identity(os.stat(file))
-        with safe_open(file, framework="pt") as f, torch.no_grad():
-            for key, target in targets.items():
-                if not isinstance(target, DTensor):  # every rank holds it whole
-                    target.copy_(f.get_tensor(key))
-                    continue
-                local = target.to_local()
-                if local.numel():
-                    local.copy_(f.get_slice(key)[local_box(target)])
+        while keys:
+            with safe_open(file, framework="pt") as f, torch.no_grad():
+                mapped = 0
+                while keys and mapped < MAPPED:
+                    key = keys.pop(0)
+                    mapped += _read_one(f, key, targets[key])
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(file, f"cannot read tensors ({e})") from e
     if not unchanged(file, before):
         raise CheckpointError(file, "changed while being read: read it once no save is running")
+
+
+def _read_one(f: Any, key: str, target: torch.Tensor) -> int:
+    """Read this rank's part of ``key`` into ``target``; returns the bytes read."""
+    if not isinstance(target, DTensor):  # every rank holds it whole
+        target.copy_(f.get_tensor(key))
+        return target.nbytes
+    local = target.to_local()
+    if local.numel():
+        local.copy_(f.get_slice(key)[local_box(target)])
+    return local.nbytes
