@@ -76,6 +76,8 @@ def build(
     if mesh is not None:
         from .distributed import build_sharded
 
+        if device is not None:
+            raise DeviceError([("device", "a sharded model's device is the mesh's; leave it out")])
         return attach(*build_sharded(bc, mesh, fsdp_units))
     return attach(*_build(bc))
 

@@ -90,6 +90,7 @@ def main(rank: int, world: int, out: str, configs: dict[str, dict[str, Any]]) ->
                     out_dir / f"ref_{name}_{layout}", mesh
                 )
         seen[f"load_weights/{size}"] = check_load_weights(configs["gpt"], out_dir, mesh)
+        seen[f"load_bf16/{size}"] = check_load_cast(out_dir / "ref_gpt_sharded", mesh)
     seen["cli"] = check_cli(rank, out_dir)
     dist.barrier()
     dist.destroy_process_group()
@@ -303,6 +304,14 @@ def check_load(path: Path, mesh: Any) -> dict[str, Any]:
         "file_bytes": sum(t.nbytes for t in _file_tensors(path).values()),
         "buffers": sorted(n for n, _ in model.named_buffers()),
     }
+
+
+def check_load_cast(path: Path, mesh: Any) -> list[str]:
+    """``load(mesh=..., dtype=...)`` against a one-process ``load(dtype=...)``."""
+    import modelfactory as mf
+
+    sharded = mf.load(path, mesh=mesh, dtype="bfloat16")
+    return _different(_gathered(sharded), _all_tensors(mf.load(path, dtype="bfloat16")))
 
 
 def check_load_weights(cfg: dict[str, Any], out: Path, mesh: Any) -> dict[str, Any]:

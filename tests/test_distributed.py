@@ -128,6 +128,12 @@ def test_load_reads_only_each_ranks_rows(seen: dict, size: str, name: str, layou
 
 
 @pytest.mark.parametrize("size", MESHES)
+def test_load_casts_as_one_process(seen: dict, size: str) -> None:
+    for rank in ranks_of(size):
+        assert seen[rank][f"load_bf16/{size}"] == []
+
+
+@pytest.mark.parametrize("size", MESHES)
 def test_load_weights_into_a_sharded_model(seen: dict, size: str) -> None:
     for rank in ranks_of(size):
         got = seen[rank][f"load_weights/{size}"]
@@ -183,3 +189,24 @@ def test_a_destroyed_process_group_is_a_clear_error(seen: dict) -> None:
 def test_mesh_must_be_a_device_mesh() -> None:
     with pytest.raises(mf.DeviceError, match=r"expected a torch.distributed DeviceMesh, got str"):
         mf.build({"_target_": "torch.nn.Linear", "in_features": 2, "out_features": 2}, mesh="cpu")
+
+
+def test_a_cuda_mesh_gives_each_rank_its_current_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA path, on a machine without one: the device is the rank's current GPU."""
+    from modelfactory.distributed._mesh import device_of
+
+    with pytest.raises(mf.DeviceError, match="the mesh is on 'cuda', which this process has none"):
+        device_of("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert device_of("cuda") == torch.device("cuda", 3)
+    assert device_of("cpu") == torch.device("cpu")
+
+
+def test_device_does_not_combine_with_a_mesh() -> None:
+    with pytest.raises(mf.DeviceError, match="device: a sharded model's device is the mesh's"):
+        mf.build(
+            {"_target_": "torch.nn.Linear", "in_features": 2, "out_features": 2},
+            mesh=object(),
+            device="cpu",
+        )

@@ -21,6 +21,7 @@ from ..errors import DeviceError
 __all__ = [
     "agree",
     "checked_mesh",
+    "device_of",
     "first_rank",
     "group_of",
     "local_box",
@@ -60,7 +61,12 @@ def checked_mesh(mesh: Any, path: str = "mesh") -> torch.device:
         )
     if mesh.get_coordinate() is None:
         raise DeviceError([(path, f"rank {dist.get_rank()} is not in the mesh {mesh}")])
-    kind = mesh.device_type
+    return device_of(mesh.device_type, path)
+
+
+def device_of(kind: str, path: str = "mesh") -> torch.device:
+    """This rank's device of type ``kind``: ``cpu``, or the current accelerator (``cuda:N``
+    after ``torch.cuda.set_device(N)``), as FSDP2 takes it from a mesh."""
     if kind == "cpu":
         return torch.device("cpu")
     module = getattr(torch, kind, None)
