@@ -112,21 +112,21 @@ class Plan:
 
 
 def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:,.2f} {unit} ({n:,} bytes)"
-    return f"{n:,} bytes"
+    return _scaled(n, (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)), " bytes")
 
 
 def _count(n: int | None) -> str:
+    return _scaled(n, (("P", 10**15), ("T", 10**12), ("G", 10**9), ("M", 10**6)), "")
+
+
+def _scaled(n: int | None, units: tuple[tuple[str, int], ...], tail: str) -> str:
+    """``1.50 GiB (1,610,612,736 bytes)``: in the largest unit ``n`` reaches, and exactly."""
     if n is None:
         return "?"
-    for unit, scale in (("P", 10**15), ("T", 10**12), ("G", 10**9), ("M", 10**6)):
+    for unit, scale in units:
         if n >= scale:
-            return f"{n / scale:,.2f} {unit} ({n:,})"
-    return f"{n:,}"
+            return f"{n / scale:,.2f} {unit} ({n:,}{tail})"
+    return f"{n:,}{tail}"
 
 
 def plan(

@@ -233,21 +233,37 @@ def load_weights(
 
         return load_weights_sharded(model, path, prefix_map, strict, mesh=mesh)
     file, _, (header, stored) = resolved(path, read_any)
-    doc = header.doc or {}
+    own = model.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for key, t in fitting(own, file, header.doc, stored, prefix_map, strict).items():
+            own[key].copy_(t)
+    return model
+
+
+def fitting(
+    own: dict[str, torch.Tensor],
+    file: Path,
+    doc: dict[str, Any] | None,
+    stored: dict[str, torch.Tensor],
+    prefix_map: dict[str, str] | None,
+    strict: bool,
+) -> dict[str, torch.Tensor]:
+    """``load_weights``' choice: the model's key -> the stored tensor (or ``meta`` stand-in)
+    that lands on it, renamed by ``prefix_map``; (strict) every problem raised together."""
+    doc = doc or {}
     tensors = _with_aliases(stored, doc.get("aliases", {}))
     for key in doc.get("nonpersistent", []):
         tensors.pop(key, None)
     mapping = {"": ""} if prefix_map is None else dict(prefix_map)
     chosen = _renamed(tensors, mapping)
-    own = model.state_dict(keep_vars=True)
     problems = _weight_problems(own, chosen, mapping)
     if strict and problems:
         raise CheckpointError(file, "tensors do not fit the model:\n  " + "\n  ".join(problems))
-    with torch.no_grad():
-        for key, t in chosen.items():
-            if key in own and not is_lazy(own[key]) and own[key].shape == t.shape:
-                own[key].copy_(t)
-    return model
+    return {
+        k: t
+        for k, t in chosen.items()
+        if k in own and not is_lazy(own[k]) and own[k].shape == t.shape
+    }
 
 
 def _renamed(tensors: dict[str, torch.Tensor], mapping: dict[str, str]) -> dict[str, torch.Tensor]:

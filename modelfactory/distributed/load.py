@@ -27,14 +27,7 @@ from .._record import BuildRecord, attach, record_of
 from ..checkpoint import _state
 from ..checkpoint._atomic import identity, unchanged
 from ..checkpoint._shards import INDEX_FILE, read_any, resolved
-from ..checkpoint.read import (
-    _copy_of,
-    _float_dtype,
-    _renamed,
-    _trusted_config,
-    _weight_problems,
-    _with_aliases,
-)
+from ..checkpoint.read import _copy_of, _float_dtype, _trusted_config, _with_aliases, fitting
 from ..errors import CheckpointError, DeviceError
 from ..tie import apply_ties, check_ties
 from ._mesh import checked_mesh, local_box, mesh_of
@@ -130,21 +123,10 @@ def load_weights_sharded(
     if mesh is not None and mesh != own_mesh:
         raise DeviceError([("mesh", f"the model is sharded over {own_mesh}, not over {mesh}")])
     file, _, (header, stand_ins) = resolved(path, lambda f: read_any(f, mmap=None))
-    doc = header.doc or {}
-    named = _with_aliases(stand_ins, doc.get("aliases", {}))
-    for key in doc.get("nonpersistent", []):
-        named.pop(key, None)
-    stored_as = {id(t): k for k, t in stand_ins.items()}
-    mapping = {"": ""} if prefix_map is None else dict(prefix_map)
-    chosen = _renamed(named, mapping)
+    stored_as = {id(t): k for k, t in stand_ins.items()}  # aliases are the same stand-ins
     own = model.state_dict(keep_vars=True)
-    problems = _weight_problems(own, chosen, mapping)
-    if strict and problems:
-        raise CheckpointError(file, "tensors do not fit the model:\n  " + "\n  ".join(problems))
-    targets = {
-        stored_as[id(t)]: own[k] for k, t in chosen.items() if k in own and own[k].shape == t.shape
-    }
-    _read_into(file, targets, stand_ins)
+    chosen = fitting(own, file, header.doc, stand_ins, prefix_map, strict)
+    _read_into(file, {stored_as[id(t)]: own[k] for k, t in chosen.items()}, stand_ins)
     return model
 
 
