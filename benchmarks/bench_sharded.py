@@ -7,7 +7,8 @@ resident memory beyond what it holds after its imports, by default a quarter of 
 model: a watchdog thread kills a process that goes over, and the peak (VmHWM) is checked
 after each step too. (Resident memory, not ``RLIMIT_DATA`` or ``RLIMIT_AS``: safetensors
 maps the whole file, privately, which those count though it holds no memory.) First the
-plan of the model is printed (nothing built); then, in each rank:
+plan of the model is printed (nothing built), and that of a Llama-3-70B-sized decoder (the
+zoo's GPT-2 scaled up: 60B parameters), with its time and memory; then, in each rank:
 
 - build: ``mf.build(cfg, mesh=mesh)``; two parameters are checked against the
   checkpoint that one process (no limit) wrote beforehand, bit for bit;
@@ -124,6 +125,24 @@ def one_process(a: argparse.Namespace) -> None:
     (a.dir / "one.json").write_text(json.dumps(result))
 
 
+# A Llama-3-70B-sized decoder, as the zoo's GPT-2 scaled up (60B parameters: no grouped
+# KV heads, a plain MLP): what plans "in seconds, in under 1 GB".
+BIG = ["model=gpt2", "n_layer=80", "d_model=8192", "n_head=64", "d_ff=28672"]
+BIG += ["vocab_size=128256", "max_len=8192", "input_shape=[1,8192]", "device.dtype=bfloat16"]
+
+
+def plan_big(out: Path) -> None:
+    """In a fresh process: the plan of :data:`BIG`, its time and the process's peak RSS."""
+    import modelfactory as mf
+    from modelfactory.configs import compose
+
+    cfg = compose(BIG)
+    t = time.perf_counter()
+    plan = mf.plan(cfg, world_size=64)
+    seconds = time.perf_counter() - t
+    out.write_text(json.dumps({"s": seconds, "rss_mib": _kib("VmHWM") / 1024, "table": str(plan)}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", type=int, default=6)
@@ -146,7 +165,17 @@ def main() -> None:
           f"{a.limit} MiB; each of {a.ranks} ranks holds {shard:,.0f} MiB")  # fmt: skip
     shutil.rmtree(a.dir, ignore_errors=True)
     a.dir.mkdir(parents=True)
-    mf.save(mf.build(cfg), a.dir / "ckpt")  # one process, no limit: what the ranks load
+    big = mp.get_context("spawn").Process(target=plan_big, args=(a.dir / "big.json",))
+    big.start()
+    big.join()
+    r = json.loads((a.dir / "big.json").read_text())
+    print(f"\n{' '.join(BIG)}: planned in {r['s']:.1f} s, process peak RSS {r['rss_mib']:,.0f} MiB "
+          f"(imports included)\n{r['table']}\n")  # fmt: skip
+    t = time.perf_counter()
+    whole = mf.build(cfg)
+    print(f"one process, no limit: built in {time.perf_counter() - t:.2f} s")
+    mf.save(whole, a.dir / "ckpt")  # what the ranks load
+    del whole
     mf.save(mf.build(config(8, 16, 2)), a.dir / "tiny")
     one = mp.get_context("spawn").Process(target=one_process, args=(a,))
     one.start()
