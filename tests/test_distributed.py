@@ -133,6 +133,12 @@ def test_load_casts_as_one_process(seen: dict, size: str) -> None:
         assert seen[rank][f"load_bf16/{size}"] == []
 
 
+def test_old_checkpoints_load_sharded(seen: dict) -> None:
+    for rank in range(WORLD):
+        got = seen[rank]["old_checkpoints"]
+        assert len(got) >= 4 and all(bad == [] for bad in got.values()), got
+
+
 @pytest.mark.parametrize("size", MESHES)
 def test_load_weights_into_a_sharded_model(seen: dict, size: str) -> None:
     for rank in ranks_of(size):
