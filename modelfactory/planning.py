@@ -31,7 +31,7 @@ from torch.utils import flop_counter as fc
 from . import device as devices
 from ._config import normalize
 from ._sample import sample_input
-from .errors import ConfigError
+from .errors import ConfigError, DeviceError
 from .factory import _mapping, meta_build
 from .tie import apply_ties
 
@@ -202,9 +202,12 @@ def _nbytes(tensors: list[torch.Tensor]) -> int:
 
 def _device_bytes(model: nn.Module, bc: Any) -> dict[str, int]:
     """Parameter and buffer bytes per device, by ``device.map`` (or all on ``device.device``)."""
-    target = devices.resolve_device(bc.device, "device.device")
-    dmap = devices.parse_map(bc.device_map)
-    mapping = _mapping(model, dmap) if dmap else {}
+    target = _device(bc.device, "device.device")
+    if bc.device_map == "balanced":
+        mapping = {k: str(v) for k, v in _mapping(model, "balanced").items()}
+    else:
+        dmap = bc.device_map or {}
+        mapping = {str(k): _device(v, f"device.map.{k}") for k, v in dmap.items()}
     out: dict[str, int] = {}
     seen: set[int] = set()
     for name, module in model.named_modules():
@@ -212,8 +215,19 @@ def _device_bytes(model: nn.Module, bc: Any) -> dict[str, int]:
         for t in (*module._parameters.values(), *module._buffers.values()):
             if t is not None and id(t) not in seen:
                 seen.add(id(t))
-                out[str(dev)] = out.get(str(dev), 0) + t.numel() * t.element_size()
-    return out or {str(target): 0}
+                out[dev] = out.get(dev, 0) + t.numel() * t.element_size()
+    return out or {target: 0}
+
+
+def _device(spec: Any, path: str) -> str:
+    """A device as the plan names it: resolved where it exists here, else as written (a
+    plan may be made for another machine: ``cuda:3`` on a laptop)."""
+    try:
+        return str(devices.resolve_device(spec, path))
+    except DeviceError:
+        if str(spec).startswith("cuda"):
+            return str(spec)
+        raise
 
 
 def rank_bytes(model: nn.Module, world_size: int) -> int:

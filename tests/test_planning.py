@@ -116,6 +116,14 @@ def test_bytes_per_device_follow_device_map(gpt: Any) -> None:
     assert plan.device_bytes == {"cpu": plan.param_bytes - blocks, "meta": blocks}
 
 
+def test_a_plan_for_devices_this_machine_lacks() -> None:
+    """A plan is made before building, maybe on another machine: ``cuda:1`` on a laptop."""
+    plan = mf.plan(compose([*GPT, "device=cuda", "+device.map={blocks: cuda:1}"]))
+    assert set(plan.device_bytes) == {"cuda", "cuda:1"}
+    with pytest.raises(mf.DeviceError, match=r"device.map.blocks: unknown device 'cdua:1'"):
+        mf.plan(compose([*GPT, "+device.map={blocks: cdua:1}"]))
+
+
 def test_files_are_a_real_save_s(tmp_path: Any, gpt: Any) -> None:
     cfg = gpt
     plan = mf.plan(cfg, max_shard_size="10KB")

@@ -61,19 +61,8 @@ def load_sharded(
         )
     doc = header.doc
     config = _trusted_config(doc, file, copy, trusted, header.copy)
-    nonpersistent, aliases = doc.get("nonpersistent", []), doc.get("aliases", {})
-    named = _with_aliases(stand_ins, aliases)
-    model = _state.skeleton(config, {k: t.shape for k, t in named.items()}, file)
-    _state.check_nonpersistent(model, nonpersistent, file)
-    problems = _state.mismatches(_state.expected(model, nonpersistent), _state.signature(named))
-    if problems:
-        raise CheckpointError(
-            file,
-            f"does not fit the model its config builds ({len(problems)} problems):\n  "
-            + "\n  ".join(problems),
-        )
+    model, stored = _skeleton(config, doc, stand_ins, file)
     ties = record_of(model).ties
-    stored = {k: aliases.get(k, k) for k in _state.expected(model, nonpersistent)}
     if cast is not None:
         model.to(cast)
     shard(model, mesh, fsdp_units)
@@ -89,6 +78,26 @@ def load_sharded(
         {**config, "device": device_cfg}, ties, record_of(model).paths, doc.get("knobs", {})
     )
     return attach(model, record)
+
+
+def _skeleton(
+    config: dict[str, Any], doc: dict[str, Any], stand_ins: dict[str, torch.Tensor], file: Path
+) -> tuple[nn.Module, dict[str, str]]:
+    """The architecture on ``meta`` (ties applied), checked against the stored tensors; and
+    the stored name of each of its tensors."""
+    nonpersistent, aliases = doc.get("nonpersistent", []), doc.get("aliases", {})
+    named = _with_aliases(stand_ins, aliases)
+    model = _state.skeleton(config, {k: t.shape for k, t in named.items()}, file)
+    _state.check_nonpersistent(model, nonpersistent, file)
+    expected = _state.expected(model, nonpersistent)
+    problems = _state.mismatches(expected, _state.signature(named))
+    if problems:
+        raise CheckpointError(
+            file,
+            f"does not fit the model its config builds ({len(problems)} problems):\n  "
+            + "\n  ".join(problems),
+        )
+    return model, {k: aliases.get(k, k) for k in expected}
 
 
 def _targets(model: nn.Module, stored: dict[str, str]) -> dict[str, torch.Tensor]:
