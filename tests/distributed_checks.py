@@ -357,6 +357,9 @@ def check_cli(rank: int, out: Path) -> dict[str, Any]:
             cli.main()
         sys.argv = ["modelfactory", "mesh=fsdp", *CONFIGS["gpt"], f"hydra.run.dir={out}/cli_run"]
         cli.main()
+        restore = [f"restore={out}/cli_run", f"hydra.run.dir={out}/cli_restore"]
+        sys.argv = ["modelfactory", "mesh=fsdp", *restore]
+        cli.main()
     finally:
         sys.argv = argv
     return {"cwd": sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*") if p.is_file())}

@@ -169,6 +169,8 @@ def test_command_under_ranks_prints_the_one_process_checksum(
     )
     for rank in range(1, WORLD):
         assert seen[rank]["cli"]["cwd"] == [], f"rank {rank} wrote {seen[rank]['cli']['cwd']}"
+    restored = json.loads((out / "cli_restore" / "metrics.json").read_text())  # restore=, sharded
+    assert restored["checksum"] == metrics["checksum"] and restored["world_size"] == WORLD
 
 
 def test_command_plan_prints_the_table_and_builds_nothing(
