@@ -139,7 +139,7 @@ def _prepared(v: Any, path: str, depth: int, seen: dict[str, bool]) -> Any:
     from omegaconf._utils import is_structured_config
 
     if is_structured_config(v):
-        v = _omegaconf(lambda: OmegaConf.structured(v), path, "")
+        v = _structured(v, path)
     if OmegaConf.is_config(v):
         return _prepared(_nested_config(v, path), path, depth, seen)
     try:
@@ -156,14 +156,43 @@ def _prepared(v: Any, path: str, depth: int, seen: dict[str, bool]) -> Any:
         ) from e
 
 
+def _structured(v: Any, path: str) -> Any:
+    """A dataclass or attrs value inside a dict, read as a structured config (as Hydra
+    reads one); one OmegaConf cannot read (a library's own config object, whose type hints
+    name what its module does not import) is a ``ConfigError`` naming its path."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return _omegaconf(lambda: OmegaConf.structured(v), path, "")
+    except (OmegaConfBaseException, NameError, TypeError, ValueError) as e:
+        what = f"{type(v).__module__}.{type(v).__qualname__}"
+        raise ConfigError(
+            [
+                (
+                    path,
+                    f"cannot read this {what} as a structured config ({type(e).__name__}: "
+                    f"{_message(e)}); give a node with _target_ that builds it instead",
+                )
+            ]
+        ) from e
+
+
 def _target_name(target: Any) -> Any:
     """``nn.Linear`` -> ``"torch.nn.modules.linear.Linear"``, the dotted name a checkpoint
-    can store; a callable that its name does not find again (a local class) stays itself."""
-    name = qualified_name(target)
+    can store (a classmethod is named through the class it was read from:
+    ``AutoModelForCausalLM.from_config``); a callable that its name does not find again (a
+    local class) stays itself."""
+    owner = getattr(target, "__self__", None)
+    if isinstance(owner, type) and hasattr(target, "__name__"):
+        name = f"{qualified_name(owner)}.{target.__name__}"
+    else:
+        name = qualified_name(target)
     try:
-        return name if locate(name) is target else target
+        found = locate(name)
     except TargetNotFound:
         return target
+    return name if found is target or (owner is not None and found == target) else target
 
 
 def _nested_config(node: Any, path: str) -> Any:

@@ -88,7 +88,7 @@ def load(
     config = _trusted_config(doc, file, copy, trusted, header.copy)
     target = resolve_device(device if device is not None else "cpu", "device")
     tensors = _with_aliases(stored, doc.get("aliases", {}))
-    model = _rebuild(config, tensors, doc, file, strict)
+    model = _rebuild(config, tensors, doc, file, strict, stored)
     ties = record_of(model).ties
     _place(model, ties, cast, target)
     device_cfg = {**config.get("device", {}), "device": str(target)}
@@ -129,10 +129,13 @@ def _rebuild(
     doc: dict[str, Any],
     file: Path,
     strict: bool,
+    stored: dict[str, torch.Tensor],
 ) -> nn.Module:
-    """The architecture from ``config`` with the stored tensors in it, ties and modes restored."""
+    """The architecture from ``config`` with the stored tensors in it, ties and modes restored
+    (``stored``: the tensors without aliases, whose bytes bound a CPU-built skeleton)."""
     nonpersistent, aliases = doc.get("nonpersistent", []), doc.get("aliases", {})
-    model = _state.skeleton(config, {k: t.shape for k, t in tensors.items()}, file)
+    nbytes = sum(t.numel() * t.element_size() for t in stored.values())
+    model = _state.skeleton(config, {k: t.shape for k, t in tensors.items()}, file, nbytes)
     _state.check_nonpersistent(model, nonpersistent, file)
     expected = _state.expected(model, nonpersistent)
     problems = _state.mismatches(expected, _state.signature(tensors))
