@@ -214,14 +214,15 @@ _OWN_COSTS: list[tuple[type, Callable[[dict[str, Any]], int]]] = [
 MAX_FILL_ELEMENTS = 2**26
 
 
-def check_fill(file: object, expected: Mapping[str, Any], tensors: Mapping[str, Any]) -> None:
+def check_fill(file: object, expected: Mapping[str, Any], found: Mapping[str, Any]) -> None:
     """``load(strict=False)`` builds the model for real to fill what the file lacks: refuse
     when that would create more than ``MAX_FILL_ELEMENTS`` elements the file does not hold
-    (a strict load creates none: every tensor comes from the file)."""
+    (a strict load creates none: every tensor comes from the file). ``expected`` and
+    ``found`` map names to ``(dtype, shape)``."""
     missing = 0
     for name, (_, shape) in expected.items():
-        t = tensors.get(name)
-        if t is None or tuple(t.shape) != tuple(shape):
+        stored = found.get(name)
+        if stored is None or tuple(stored[1]) != tuple(shape):
             missing += math.prod(shape)
     if missing > MAX_FILL_ELEMENTS:
         raise CheckpointError(
