@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import device as devices
-from ._config import BuildConfig, normalize
+from ._config import BuildConfig, normalize, without_overlaps
 from ._construct import ROOT, Allocations, Built, Context, SkipInit, construct, record_paths
 from ._lazy import (
     dry_run,
@@ -61,7 +61,7 @@ def build(
         ConfigError: the config is not well-formed (every problem listed with its path).
         BuildError: a block failed to construct or run on the sample input.
     """
-    bc = normalize(cfg)
+    bc = normalize(cfg, collect=True)
     overrides = {"device": device, "dtype": dtype, "seed": seed}
     bc = replace(bc, **{k: v for k, v in overrides.items() if v is not None})
     bc.resolved = {
@@ -148,6 +148,9 @@ def _plan(bc: BuildConfig) -> Plan:
     if dtype is not None and not dtype.is_floating_point:
         problems.append(("device.dtype", f"expected a floating dtype for parameters, got {dtype}"))
         classes.add(ConfigError)
+    if bc.problems:  # interpolations that did not resolve: reported with the rest
+        problems = without_overlaps(bc.problems, problems)
+        classes = {ConfigError}
     if problems:
         # One kind of problem keeps its class (a missing device is a DeviceError).
         raise (classes.pop() if len(classes) == 1 else ConfigError)(problems)
