@@ -28,6 +28,7 @@ from .._knobs import close_key, referenced_top_keys
 from .._record import record_of
 from .._sample import run_sample, sample_input
 from ..checkpoint._bounds import check_sample_pass
+from ..checkpoint.read import load_model
 from ..errors import ConfigError
 from .progress import Spinner, step_bar
 
@@ -327,9 +328,9 @@ def restore_job(
         The checksum (``None`` when the saved config has no ``input_shape``).
     """
     with Spinner(f"loading {path}"):
-        model = mf.load(path, device=device, dtype=dtype, trusted=list(trusted or []))
+        # the sample pass below runs for real: bound it before any weight is read
+        model = load_model(path, device, dtype, list(trusted or []), checks=(check_sample_pass,))
     cfg = mf.config_of(model)
-    check_sample_pass(cfg, path)  # the sample pass below runs for real: bound it first
     knobs = record_of(model).knobs
     shown = ", ".join(f"{k}={v}" for k, v in knobs.items())
     log.info("restored %s%s", path, f" (knobs: {shown})" if shown else "")
