@@ -48,7 +48,7 @@ def _sweep(cwd: Path, steps: int) -> tuple[float, float]:
 def _parts(sweep_dir: Path) -> dict[str, float]:
     import matplotlib.figure  # noqa: F401  (imported once, as in the sweep's process)
 
-    from modelfactory._app import report
+    from modelfactory._app import plot, report
 
     times = {}
     t0 = time.perf_counter()
@@ -58,7 +58,7 @@ def _parts(sweep_dir: Path) -> dict[str, float]:
     report.write_csv(jobs, sweep_dir / "again.csv")
     times["csv"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    report.write_png(jobs, sweep_dir / "again.png")
+    plot.draw(jobs, sweep_dir / "again.png")
     times["png"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     report.table(jobs)

@@ -11,8 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._knobs import close_key
-from ._resolve import Resolved, model_in_model, resolve
+from ._resolve import model_in_model, resolve
 from .errors import ConfigError, path_join
 
 BUILD_KEYS = ("model", "block", "init", "tie", "device", "seed", "input_shape", "input_dtype")
@@ -43,6 +42,9 @@ class BuildConfig:
     input_dtype: str = "float32"
     resolved: dict[str, Any] = field(default_factory=dict)
     knobs: dict[str, Any] = field(default_factory=dict)  # for people: the checkpoint shows them
+    # Interpolations that did not resolve (normalize(collect=True)): reported together with
+    # the model's own problems, which the values they left as literal text do not add to.
+    problems: list[tuple[str, str]] = field(default_factory=list)
 
 
 def to_plain(cfg: Any) -> Any:
@@ -50,13 +52,19 @@ def to_plain(cfg: Any) -> Any:
     return resolve(cfg).tree
 
 
-def normalize(cfg: Any) -> BuildConfig:
+def normalize(cfg: Any, *, collect: bool = False) -> BuildConfig:
     """Check the top level of a full config (or wrap a bare model node) and fill defaults.
 
     Top-level keys beyond ``BUILD_KEYS`` are knobs when an interpolation uses them (their
-    values are kept in ``knobs``), else errors naming the key.
+    values are kept in ``knobs``); any other is ignored, as Hydra's ``instantiate`` ignores
+    the siblings of the node it builds (the command line refuses an override of one).
+
+    Args:
+        cfg: the config, in any form :func:`modelfactory.build` takes.
+        collect: interpolations that do not resolve go to ``problems`` instead of raising,
+            to be reported with the model's other problems.
     """
-    r = resolve(cfg)
+    r = resolve(cfg, collect=collect)
     plain = r.tree
     if isinstance(plain, dict) and "_target_" in plain and "model" not in plain:
         plain = {"model": plain}
@@ -64,9 +72,9 @@ def normalize(cfg: Any) -> BuildConfig:
         raise ConfigError(
             [("", "expected a full config with a 'model' key, or a model node with '_target_'")]
         )
-    problems: list[tuple[str, str]] = []
-    knobs = _knobs(plain, r, problems)
-    problems += model_in_model(plain)
+    problems = model_in_model(plain)
+    knobs = {k: v for k, v in r.knobs.items() if k not in BUILD_KEYS}
+    knobs.update({k: v for k, v in plain.items() if k in r.used and k not in BUILD_KEYS})
     defaults = json.loads(json.dumps(DEFAULTS))  # fresh: nothing shared between models
     given = {k: v for k, v in plain.items() if k in BUILD_KEYS}
     full = {**defaults, **{k: v for k, v in given.items() if v is not None or k == "input_shape"}}
@@ -91,7 +99,7 @@ def normalize(cfg: Any) -> BuildConfig:
             ("input_shape", f"{shape} has more elements than a tensor can hold (2**63 - 1)")
         )
     if problems:
-        raise ConfigError(problems, header=_header(problems))
+        raise ConfigError(without_overlaps(r.problems, problems))
     return BuildConfig(
         model=full["model"],
         seed=seed,
@@ -104,47 +112,24 @@ def normalize(cfg: Any) -> BuildConfig:
         input_dtype=str(full["input_dtype"]),
         resolved={k: full[k] for k in BUILD_KEYS if k in full},
         knobs=knobs,
+        problems=r.problems,
     )
 
 
-def _knobs(plain: dict[str, Any], r: Resolved, problems: list[tuple[str, str]]) -> dict[str, Any]:
-    """The knobs among the top-level keys; any other key that is not a build key is a problem."""
-    knobs = {k: v for k, v in r.knobs.items() if k not in BUILD_KEYS}
-    for k in plain:
-        if k in r.used and k not in BUILD_KEYS:
-            knobs[k] = plain[k]
-        elif k not in BUILD_KEYS:
-            problems.append((str(k), unknown_key(str(k), r.used)))
-    return knobs
+def without_overlaps(
+    first: list[tuple[str, str]], then: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """``first`` and each problem of ``then`` whose path neither contains nor lies under a
+    path of ``first`` (what an unresolved interpolation left as text fails again there)."""
 
+    def parts(path: str) -> list[str]:
+        return path.split(".") if path else []
 
-def unknown_key(key: str, knobs: Any = (), also: tuple[str, ...] = ()) -> str:
-    """The message for a top-level key that is neither a build key nor a used knob."""
-    options = (*BUILD_KEYS, *also)
-    hint = close_key(key, [*options, *knobs])
-    did = f" (did you mean {hint!r}?)" if hint else ""
-    return (
-        f"unknown top-level key{did}; expected one of {', '.join(options)}, or a knob that "
-        f"an interpolation uses, and no ${{{key}}} is left"
-    )
+    def overlaps(a: str, b: str) -> bool:
+        n = min(len(parts(a)), len(parts(b)))
+        return parts(a)[:n] == parts(b)[:n]
 
-
-KNOB_RULE = (
-    "(a top-level key is a knob only while some interpolation uses it: override a knob "
-    "itself, not every use of it (n_layer=4, not model.layers.blocks.n=4), and build from "
-    "the DictConfig, not from a copy resolved with OmegaConf.to_container(resolve=True))"
-)
-
-
-def _header(problems: list[tuple[str, str]]) -> str | None:
-    """The usual header, plus the knob rule when a top-level key may be a knob that lost its
-    uses (no "did you mean" for it)."""
-    lost = any(m.startswith("unknown top-level key;") for _, m in problems)
-    if not lost:
-        return None
-    n = len(problems)
-    head = "Config is not well-formed" + (f", found {n} problems" if n > 1 else "")
-    return f"{head} {KNOB_RULE}:"
+    return [*first, *(p for p in then if not any(overlaps(p[0], f) for f, _ in first))]
 
 
 def _section(

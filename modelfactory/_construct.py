@@ -9,6 +9,7 @@ same values whatever else the config contains.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -177,17 +178,78 @@ _FILLS = frozenset(
 
 class SkipInit(TorchFunctionMode):
     """Construct without initializing: ``torch.nn.init`` functions and in-place value fills
-    of ``meta`` tensors do nothing.
+    of ``meta`` tensors do nothing; with ``everywhere``, ``torch.nn.init`` functions and
+    random fills of any tensor do nothing (a skeleton built on the CPU, whose values all
+    come from a file).
 
     A skeleton on ``meta`` holds no values, so its init is pure cost: the first random fill
     on ``meta`` alone imports ``torch._dynamo`` (about 1.5 s). Modes are per thread, so this
     affects nothing outside the build that enters it.
     """
 
+    def __init__(self, everywhere: bool = False) -> None:
+        super().__init__()
+        self.everywhere = everywhere
+
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         first = args[0] if args else kwargs.get("tensor")
-        skip = func in _FILLS or getattr(func, "__module__", None) == "torch.nn.init"
-        if skip and isinstance(first, torch.Tensor) and first.is_meta:
-            return first
+        if isinstance(first, torch.Tensor):
+            init = getattr(func, "__module__", None) == "torch.nn.init"
+            if first.is_meta and (init or func in _FILLS):
+                return first
+            if self.everywhere and (init or func in RANDOM_FILLS):
+                return first
         return func(*args, **kwargs)
+
+
+_SIZED = frozenset(
+    (torch.empty, torch.zeros, torch.ones, torch.rand, torch.randn, torch.full, torch.empty_strided)
+)
+_MADE = frozenset((torch.tensor, torch.as_tensor, torch.arange, torch.eye, torch.linspace))
+
+
+class Allocations(TorchFunctionMode):
+    """Refuse, before it is made, the tensor that takes what factory functions (``torch.empty``,
+    ``zeros``, ``full``...) have made past ``limit`` bytes: a bound on what a constructor
+    allocates (one that reads values runs on the CPU, not on ``meta``).
+
+    Raises:
+        BuildError: naming ``path`` and the bound.
+    """
+
+    def __init__(self, limit: int, path: str = ROOT) -> None:
+        super().__init__()
+        self.limit, self.path, self.used = limit, path, 0
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func in _SIZED and str(kwargs.get("device", "")) != "meta":
+            self._add(_nbytes(func, args, kwargs))
+        out = func(*args, **kwargs)
+        if func in _MADE and isinstance(out, torch.Tensor) and not out.is_meta:
+            self._add(out.numel() * out.element_size())
+        return out
+
+    def _add(self, nbytes: int) -> None:
+        self.used += nbytes
+        if self.used > self.limit:
+            raise BuildError(
+                self.path,
+                f"building it on the CPU (its constructors cannot run on meta) would allocate "
+                f"more than {self.limit:,} bytes, more than its stored tensors justify",
+            )
+
+
+def _nbytes(func: Any, args: tuple, kwargs: dict[str, Any]) -> int:
+    """The bytes a sized factory call asks for (``torch.empty(3, 4)``, ``zeros((3, 4))``)."""
+    size: Any = kwargs.get("size", args[0] if args else ())
+    if func not in (torch.full, torch.empty_strided) and args and isinstance(args[0], int):
+        size = args
+    if not isinstance(size, (tuple, list, torch.Size)):
+        size = (size,)
+    try:
+        n = math.prod(int(s) for s in size)
+    except (TypeError, ValueError):
+        return 0
+    return n * (kwargs.get("dtype") or torch.get_default_dtype()).itemsize

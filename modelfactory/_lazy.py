@@ -29,7 +29,14 @@ from ._spec import Node
 from ._targets import qualified_name, signature_of
 from .errors import BuildError, path_join
 
-__all__ = ["dry_run", "eager_tree", "has_lazy", "has_uninitialized", "materialize_lazy"]
+__all__ = [
+    "dry_run",
+    "eager_tree",
+    "has_lazy",
+    "has_uninitialized",
+    "is_meta_limitation",
+    "materialize_lazy",
+]
 
 
 def has_lazy(spec: Any) -> bool:
@@ -67,7 +74,7 @@ def dry_run(
         traced(model, sample(torch.device("meta")), record_paths(records), "dry run on meta")
         return model, records
     except BuildError as e:
-        if not _is_meta_limitation(e.__cause__):
+        if not is_meta_limitation(e.__cause__):
             raise
     model, records = build_on_cpu()
     model.eval()
@@ -75,7 +82,8 @@ def dry_run(
     return model, records
 
 
-def _is_meta_limitation(e: BaseException | None) -> bool:
+def is_meta_limitation(e: BaseException | None) -> bool:
+    """Whether ``e`` says an operation needs real values (it cannot run on ``meta``)."""
     text = f"{type(e).__name__}: {e}".lower()
     hints = ("meta", "data-dependent", "item()", "cannot be converted", "boolean value of tensor")
     return any(s in text for s in hints)

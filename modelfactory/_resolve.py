@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._interpolation import unresolved
 from ._knobs import referenced_top_keys
 from ._spec import MAX_DEPTH
 from ._targets import TargetNotFound, locate, qualified_name
@@ -45,19 +46,29 @@ class Resolved:
     tree: Any
     used: frozenset[str] = frozenset()
     knobs: dict[str, Any] = field(default_factory=dict)
+    problems: list[tuple[str, str]] = field(default_factory=list)
 
 
-def resolve(cfg: Any) -> Resolved:
+def resolve(cfg: Any, *, collect: bool = False) -> Resolved:
     """Resolve ``cfg`` (any accepted form) to plain data; see the module docstring.
+
+    Args:
+        cfg: the config.
+        collect: interpolations that do not resolve are returned in ``problems`` (their
+            values left as literal text), to be reported with the config's other mistakes,
+            instead of raised.
 
     Raises:
         ConfigError: a file that is not YAML, an interpolation that does not resolve, ``???``
             values, a value that cannot be copied, or an unsupported form; each with its path.
     """
     try:
-        return _resolve(cfg)
+        r = _resolve(cfg)
     except RecursionError as e:  # OmegaConf and YAML recurse: a config 400 lists deep
         raise ConfigError([("", f"config nests deeper than {MAX_DEPTH} levels")]) from e
+    if r.problems and not collect:
+        raise ConfigError(r.problems)
+    return r
 
 
 def _resolve(cfg: Any) -> Resolved:
@@ -139,7 +150,7 @@ def _prepared(v: Any, path: str, depth: int, seen: dict[str, bool]) -> Any:
     from omegaconf._utils import is_structured_config
 
     if is_structured_config(v):
-        v = _omegaconf(lambda: OmegaConf.structured(v), path, "")
+        v = _structured(v, path)
     if OmegaConf.is_config(v):
         return _prepared(_nested_config(v, path), path, depth, seen)
     try:
@@ -156,14 +167,43 @@ def _prepared(v: Any, path: str, depth: int, seen: dict[str, bool]) -> Any:
         ) from e
 
 
+def _structured(v: Any, path: str) -> Any:
+    """A dataclass or attrs value inside a dict, read as a structured config (as Hydra
+    reads one); one OmegaConf cannot read (a library's own config object, whose type hints
+    name what its module does not import) is a ``ConfigError`` naming its path."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return _omegaconf(lambda: OmegaConf.structured(v), path, "")
+    except (OmegaConfBaseException, NameError, TypeError, ValueError) as e:
+        what = f"{type(v).__module__}.{type(v).__qualname__}"
+        raise ConfigError(
+            [
+                (
+                    path,
+                    f"cannot read this {what} as a structured config ({type(e).__name__}: "
+                    f"{_message(e)}); give a node with _target_ that builds it instead",
+                )
+            ]
+        ) from e
+
+
 def _target_name(target: Any) -> Any:
     """``nn.Linear`` -> ``"torch.nn.modules.linear.Linear"``, the dotted name a checkpoint
-    can store; a callable that its name does not find again (a local class) stays itself."""
-    name = qualified_name(target)
+    can store (a classmethod is named through the class it was read from:
+    ``AutoModelForCausalLM.from_config``); a callable that its name does not find again (a
+    local class) stays itself."""
+    owner = getattr(target, "__self__", None)
+    if isinstance(owner, type) and hasattr(target, "__name__"):
+        name = f"{qualified_name(owner)}.{target.__name__}"
+    else:
+        name = qualified_name(target)
     try:
-        return name if locate(name) is target else target
+        found = locate(name)
     except TargetNotFound:
         return target
+    return name if found is target or (owner is not None and found == target) else target
 
 
 def _nested_config(node: Any, path: str) -> Any:
@@ -187,24 +227,32 @@ def _from_omegaconf(cfg: Any, where: str) -> Resolved:
     root, node_path = cfg._get_root(), _node_path(cfg)
     prefix = ".".join(map(str, node_path)) or _prefix_of(cfg)
     resolve_prefix = "" if node_path else _prefix_of(cfg)
+    problems: list[tuple[str, str]] = []
     try:
-        tree = _omegaconf(
-            lambda: OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False),
-            resolve_prefix,
-            where,
-        )
-    except ConfigError as e:  # a knob of a misplaced model file is not at the top: say why
+        tree = _container(cfg, resolve_prefix, where)
+    except ConfigError as e:
         hint = model_in_model(OmegaConf.to_container(cfg, resolve=False))
-        if hint:
+        if hint:  # a knob of a misplaced model file is not at the top: say why
             raise ConfigError([*hint, *e.problems]) from e
-        raise
+        clone, problems = unresolved(cfg, resolve_prefix)  # every one, each with its path
+        if not problems:
+            raise
+        tree = _container(clone, resolve_prefix, where)
     _drop_missing(tree, prefix)
     raw = OmegaConf.to_container(cfg, resolve=False)
     used = referenced_top_keys(raw, node_path)
     knobs = {}
     if node_path:  # a node of a bigger config: the root keys it uses, for people to see
         knobs = {k: _plain(root, k) for k in sorted(used) if k in root and k != node_path[0]}
-    return Resolved(tree, used, knobs)
+    return Resolved(tree, used, knobs, problems)
+
+
+def _container(cfg: Any, prefix: str, where: str) -> Any:
+    from omegaconf import OmegaConf
+
+    return _omegaconf(
+        lambda: OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False), prefix, where
+    )
 
 
 def model_in_model(tree: Any) -> list[tuple[str, str]]:

@@ -190,16 +190,35 @@ def describe(types: tuple[type, ...]) -> str:
 
 @lru_cache(maxsize=4096)
 def signature_of(fn: Callable[..., Any]) -> Signature:
+    """What ``fn`` accepts: the signature of the function it wraps (``functools.wraps``), for
+    names, types and did-you-mean hints, but never refusing what the outer callable accepts:
+    a wrapper that takes ``**kwargs`` (transformers' config classes do) takes any keyword."""
+    sig = _signature(fn, eval_str=True)
+    if sig is None:
+        return Signature(None)  # builtins without a signature: accept anything
+    out = Signature(sig)
+    if not (out.accepts_var_kw and out.max_positional == float("inf")):
+        outer = _signature(fn, follow_wrapped=False)
+        kinds = {p.kind for p in outer.parameters.values()} if outer is not None else set()
+        out.accepts_var_kw = out.accepts_var_kw or inspect.Parameter.VAR_KEYWORD in kinds
+        if inspect.Parameter.VAR_POSITIONAL in kinds:
+            out.max_positional = float("inf")
+    return out
+
+
+def _signature(fn: Callable[..., Any], **how: bool) -> inspect.Signature | None:
+    """``inspect.signature(fn, **how)``; an annotation that does not evaluate is left a
+    string, and a callable without a signature gives ``None``."""
     try:
-        return Signature(inspect.signature(fn, eval_str=True))
+        return inspect.signature(fn, **how)
     except (NameError, SyntaxError, AttributeError):  # an annotation that does not evaluate
-        pass
-    except (TypeError, ValueError):  # builtins without a signature: accept anything
-        return Signature(None)
-    try:
-        return Signature(inspect.signature(fn))
+        how.pop("eval_str", None)
     except (TypeError, ValueError):
-        return Signature(None)
+        return None
+    try:
+        return inspect.signature(fn, **how)
+    except (TypeError, ValueError):
+        return None
 
 
 @lru_cache(maxsize=4096)

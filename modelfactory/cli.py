@@ -131,6 +131,7 @@ def _task(cfg: DictConfig) -> dict[str, Any] | None:
             job.verify_job(str(cfg.verify))
             metrics = {"checksum": None, "verified": str(cfg.verify)}
         else:
+            job.check_overrides(cfg, list(hc.overrides.task))
             return job.build_job(cfg, out_dir)
         (out_dir / job.METRICS_FILE).write_text(json.dumps(metrics, indent=1))
         return metrics

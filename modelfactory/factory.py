@@ -16,9 +16,16 @@ import torch
 from torch import nn
 
 from . import device as devices
-from ._config import BuildConfig, normalize
-from ._construct import ROOT, Built, Context, SkipInit, construct, record_paths
-from ._lazy import dry_run, eager_tree, has_lazy, has_uninitialized, materialize_lazy
+from ._config import BuildConfig, normalize, without_overlaps
+from ._construct import ROOT, Allocations, Built, Context, SkipInit, construct, record_paths
+from ._lazy import (
+    dry_run,
+    eager_tree,
+    has_lazy,
+    has_uninitialized,
+    is_meta_limitation,
+    materialize_lazy,
+)
 from ._record import BuildRecord, attach
 from ._sample import sample_input, traced
 from ._seeding import DrawFrom, Streams, alone, alone_on_cpu, mix, root_key
@@ -65,7 +72,7 @@ def build(
         ConfigError: the config is not well-formed (every problem listed with its path).
         BuildError: a block failed to construct or run on the sample input.
     """
-    bc = normalize(cfg)
+    bc = normalize(cfg, collect=True)
     overrides = {"device": device, "dtype": dtype, "seed": seed}
     bc = replace(bc, **{k: v for k, v in overrides.items() if v is not None})
     bc.resolved = {
@@ -82,23 +89,47 @@ def build(
     return attach(*_build(bc))
 
 
-def build_skeleton(cfg: Any, shapes: Mapping[str, Sequence[int]] | None = None) -> nn.Module:
+def build_skeleton(
+    cfg: Any, shapes: Mapping[str, Sequence[int]] | None = None, *, max_bytes: int | None = None
+) -> nn.Module:
     """The architecture alone on the ``meta`` device: no memory and no init at all.
 
     Args:
         cfg: as for :func:`build`.
         shapes: stored tensor shapes by ``state_dict`` key; lazy layers are materialized to
             them (no dry run, ``input_shape`` is not used) before ties are resolved.
+        max_bytes: a model whose constructors cannot run on ``meta`` (one reads a tensor's
+            value) is built on the CPU instead, its init skipped, allocating at most this
+            many bytes; ``None``: no such fallback (the error is raised).
+
+    Raises:
+        ConfigError: the config is not well-formed.
+        BuildError: a constructor failed, or the CPU fallback would pass ``max_bytes``.
     """
     bc = replace(normalize(cfg), device="meta", device_map=None, input_shape=None)
     plan = _plan(bc)
-    model, records = _construct(plan, bc, Context(META, seed_streams=False))
+    model, records = _skeleton_modules(plan, bc, max_bytes)
     if shapes is not None:
         materialize_lazy(model, shapes)
     ties = resolve_groups(model, bc.tie_groups) if bc.tie_groups else []
     apply_ties(model, ties)
     check_ties(model, ties)
     return attach(model, BuildRecord(bc.resolved, ties, record_paths(records), bc.knobs))
+
+
+def _skeleton_modules(
+    plan: Plan, bc: BuildConfig, max_bytes: int | None
+) -> tuple[nn.Module, list[Built]]:
+    """The spec's modules on ``meta``, or on the CPU with init skipped and at most
+    ``max_bytes`` allocated when a constructor needs real values."""
+    try:
+        return _construct(plan, bc, Context(META, seed_streams=False))
+    except BuildError as e:
+        if max_bytes is None or not is_meta_limitation(e.__cause__):
+            raise
+    cpu = torch.device("cpu")
+    with SkipInit(everywhere=True), Allocations(max_bytes):
+        return _construct(plan, replace(bc, device="cpu"), Context(cpu, seed_streams=False))
 
 
 def meta_build(bc: BuildConfig) -> tuple[Plan, nn.Module, list[Built], list]:
@@ -149,6 +180,9 @@ def _plan(bc: BuildConfig) -> Plan:
     if dtype is not None and not dtype.is_floating_point:
         problems.append(("device.dtype", f"expected a floating dtype for parameters, got {dtype}"))
         classes.add(ConfigError)
+    if bc.problems:  # interpolations that did not resolve: reported with the rest
+        problems = without_overlaps(bc.problems, problems)
+        classes = {ConfigError}
     if problems:
         # One kind of problem keeps its class (a missing device is a DeviceError).
         raise (classes.pop() if len(classes) == 1 else ConfigError)(problems)

@@ -19,5 +19,5 @@ class MaskedLinear(nn.Module):
 
 
 def make_linear(features: int = 4) -> nn.Module:
-    """A factory function (not a class): refused as a checkpoint target."""
+    """A factory function (not a class): a checkpoint target only under a trusted prefix."""
     return nn.Linear(features, features)

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.parameter import UninitializedParameter
 
 import modelfactory as mf
+from modelfactory._record import record_of
 from modelfactory.blocks import Parallel, Repeat, Residual, Sequential
 from modelfactory.errors import BuildError, ConfigError
 
@@ -222,10 +223,12 @@ def test_shape_that_does_not_fit_names_the_block():
         mf.build(cfg)
 
 
-def test_unknown_top_level_key_and_bad_sections_are_errors():
+def test_bad_sections_are_errors_and_unused_top_level_keys_are_ignored():
     with pytest.raises(ConfigError) as e:
         mf.build({"model": lin(2, 2), "seeed": 3, "init": {"rulez": []}, "input_shape": [0]})
-    assert e.value.paths == ["seeed", "init.rulez", "input_shape"]
+    assert e.value.paths == ["init.rulez", "input_shape"]  # seeed: a sibling, as for Hydra
+    model = mf.build({"model": lin(2, 2), "seeed": 3})
+    assert "seeed" not in mf.config_of(model) and record_of(model).knobs == {}
 
 
 def test_yaml_path_and_dictconfig_inputs(tmp_path):
@@ -240,9 +243,8 @@ def test_yaml_path_and_dictconfig_inputs(tmp_path):
         {"w": 5, "model": {"_target_": "torch.nn.Linear", "in_features": "${w}", "out_features": 2}}
     )
     assert mf.build(cfg).in_features == 5  # `w` is a knob: an interpolation uses it
-    with pytest.raises(ConfigError, match="unknown top-level key") as e:
-        mf.build(OmegaConf.merge(cfg, {"unused": 1}))
-    assert e.value.paths == ["unused"]
+    model = mf.build(OmegaConf.merge(cfg, {"unused": 1}))  # a sibling nothing uses: ignored
+    assert dict(record_of(model).knobs) == {"w": 5}
     m = mf.build(
         OmegaConf.create({"_target_": "torch.nn.Linear", "in_features": 5, "out_features": 2})
     )

@@ -57,13 +57,15 @@ def test_untrusted_target_is_never_called(where: str, tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-def test_trusted_prefix_loads_only_module_classes(tmp_path: Path) -> None:
-    file = _malicious(
-        tmp_path,
-        {"model": {"_target_": "tests.io_targets.make_linear", "features": 4}},
-    )
-    with pytest.raises(UntrustedTargetError, match=r"not an nn\.Module class"):
-        mf.load(file, trusted=["tests.io_targets.*"])
+def test_a_factory_function_restores_only_under_a_trusted_prefix(tmp_path: Path) -> None:
+    target = {"_target_": "tests.io_targets.make_linear", "features": 4}
+    model = mf.build({"model": target, "input_shape": [2, 4]})
+    file = mf.save(model, tmp_path / "f")
+    with pytest.raises(UntrustedTargetError, match=r"'tests\.io_targets\.make_linear' is not"):
+        mf.load(file)  # by default only nn.Module classes under torch.nn and modelfactory
+    loaded = mf.load(file, trusted=["tests.io_targets.*"])  # trusted: the function is called
+    assert type(loaded) is nn.Linear
+    assert_same(model, loaded)
 
 
 @pytest.mark.parametrize(

@@ -157,6 +157,33 @@ def test_failed_jobs_are_named_in_the_title(tmp_path: Path) -> None:
         job(0, ["seed=0"], [1.0, 0.5]),
         report.JobResult(num=1, dir=tmp_path, overrides=["seed=x"], init="?", error="bad"),
     ]
-    path = report.write_png(jobs, tmp_path / "s.png")
+    path = plot.draw(jobs, tmp_path / "s.png")
     assert path.read_bytes().startswith(b"\x89PNG")
     assert "1 failed (jobs 1)" in plot.figure(jobs)._suptitle.get_text()
+
+
+def _drawn(fig: Any) -> Any:
+    FigureCanvasAgg(fig).draw()  # tick labels exist once drawn
+    return fig
+
+
+def test_every_axis_is_labelled_and_every_y_tick_has_its_number() -> None:
+    for jobs in (width_sweep(), [job(i, [f"seed={i}"], None) for i in range(2)]):
+        fig = _drawn(plot.figure(jobs))
+        for ax in (a for a in fig.get_axes() if a.get_visible()):
+            shared = ax.get_shared_x_axes().get_siblings(ax)  # a column says it once
+            assert any(a.get_xlabel() for a in shared), ax.get_title()
+            if ax.get_yscale() == "log":
+                lo, hi = ax.get_ylim()
+                for tick in [*ax.yaxis.get_major_ticks(), *ax.yaxis.get_minor_ticks()]:
+                    if lo <= tick.get_loc() <= hi and tick.tick1line.get_visible():
+                        assert tick.label1.get_text(), (ax.get_title(), tick.get_loc())
+        depth = [a for a in fig.get_axes() if a.get_title().startswith("activation std")]
+        assert depth[0].get_xlabel() == "module output, by depth (input first)"
+
+
+def test_the_legend_names_the_colour_only_when_init_varies() -> None:
+    varied = plot.figure(width_sweep()).legends[0].get_title().get_text()
+    same = plot.figure([job(i, [f"seed={i}"], [1.0, 0.5]) for i in range(2)])
+    assert varied == "job (colour = init)"
+    assert same.legends[0].get_title().get_text() == "job"

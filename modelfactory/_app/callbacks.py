@@ -82,7 +82,7 @@ class SweepReport(Callback):
         """Gather the jobs, write the report, name the failures."""
         from hydra.core.utils import configure_log
 
-        from . import report
+        from . import plot, report
 
         if self._progress is not None:
             self._progress.stop()
@@ -93,7 +93,7 @@ class SweepReport(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         jobs = report.collect(sweep_dir)
         csv_path = report.write_csv(jobs, sweep_dir / self.csv)
-        png_path = report.write_png(jobs, sweep_dir / self.png)
+        png_path = plot.draw(jobs, sweep_dir / self.png)  # matplotlib only now
         log.info("sweep report (%d jobs):\n%s", len(jobs), report.table(jobs))
         log.info(
             "wrote %s and %s (jobs %.2f s, report %.2f s)",

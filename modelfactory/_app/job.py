@@ -23,10 +23,12 @@ from torch import nn
 import modelfactory as mf
 
 from .. import device as devices
-from .._config import normalize, to_plain
+from .._config import BUILD_KEYS, normalize, to_plain
+from .._knobs import close_key, referenced_top_keys
 from .._record import record_of
 from .._sample import run_sample, sample_input
 from ..checkpoint._bounds import check_sample_pass
+from ..checkpoint.read import load_model
 from ..errors import ConfigError
 from .progress import Spinner, step_bar
 
@@ -40,6 +42,7 @@ __all__ = [
     "RESTORE_OVERRIDES",
     "SUMMARY_FILE",
     "build_job",
+    "check_overrides",
     "checksum",
     "format_checksum",
     "restore_job",
@@ -227,6 +230,47 @@ def _train(
     return record
 
 
+def check_overrides(cfg: Any, overrides: list[str]) -> None:
+    """Refuse an override that names a top-level key nothing uses: a typo typed on the
+    command line (``+d_modle=128``), which :func:`modelfactory.build` would ignore.
+
+    Args:
+        cfg: the app's composed config.
+        overrides: the task overrides as typed (``HydraConfig.get().overrides.task``).
+
+    Raises:
+        ConfigError: naming each such key, with the closest key that is used.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    top = {ov.key_or_group.split(".")[0] for ov in parsed if not ov.is_delete()}
+    # A key not in the config is a group's name (its options may live elsewhere: _global_).
+    typed = [k for k in sorted(top) if k in cfg and k not in (*BUILD_KEYS, *APP_KEYS)]
+    if not typed:
+        return
+    used = referenced_top_keys(OmegaConf.to_container(cfg, resolve=False))
+    unused = [k for k in typed if k not in used]
+    if not unused:
+        return
+    knobs = sorted(k for k in used if k in cfg and k not in (*BUILD_KEYS, *APP_KEYS))
+    keys = (*BUILD_KEYS, *APP_KEYS, *knobs)
+    problems = []
+    for k in unused:
+        hint = close_key(k, keys)
+        did = f" (did you mean {hint!r}?)" if hint else ""
+        problems.append(
+            (
+                k,
+                f"nothing in the config uses this key{did}; an override names a config key "
+                f"({', '.join((*BUILD_KEYS, *APP_KEYS))}) or a knob of the model "
+                f"({', '.join(knobs) or 'it has none'})",
+            )
+        )
+    raise ConfigError(problems, header="An override names a top-level key that nothing uses:")
+
+
 # What may come with restore=: the model comes from the checkpoint, only its placement
 # (and which targets to trust) from the command line.
 RESTORE_OVERRIDES = ("restore", "trusted", "device", "device.device", "device.dtype")
@@ -285,9 +329,9 @@ def restore_job(
         The checksum (``None`` when the saved config has no ``input_shape``).
     """
     with Spinner(f"loading {path}"):
-        model = mf.load(path, device=device, dtype=dtype, trusted=list(trusted or []))
+        # the sample pass below runs for real: bound it before any weight is read
+        model = load_model(path, device, dtype, list(trusted or []), checks=(check_sample_pass,))
     cfg = mf.config_of(model)
-    check_sample_pass(cfg, path)  # the sample pass below runs for real: bound it first
     knobs = record_of(model).knobs
     shown = ", ".join(f"{k}={v}" for k, v in knobs.items())
     log.info("restored %s%s", path, f" (knobs: {shown})" if shown else "")

@@ -79,7 +79,7 @@ def _log_y(ax: Any) -> None:
     """Log scale with plain numbers (0.8, not 8 x 10^-1), and labelled minor ticks where a
     range of one or two decades would otherwise show a single number; a range narrower than
     half a decade stays linear."""
-    from matplotlib.ticker import FuncFormatter, ScalarFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, ScalarFormatter
 
     lo, hi = ax.dataLim.intervaly
     decades = math.log10(hi / lo) if 0 < lo <= hi < math.inf else 0.0
@@ -95,6 +95,8 @@ def _log_y(ax: Any) -> None:
 
     ax.yaxis.set_major_formatter(FuncFormatter(label))
     ax.yaxis.set_minor_formatter(FuncFormatter(label))
+    # minor ticks only where they are labelled: no tick without a number
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=[s for s in subs if s != 1] or [1.0]))
 
 
 def _label(j: JobResult, varying: list[str]) -> str:
@@ -216,8 +218,8 @@ def _depth_panel(ax: Any, jobs: list[JobResult], styles: dict[int, dict[str, Any
     _name_ticks(ax, names)
     ax.set_title("activation std at init, by depth (sample input)", fontsize=10)
     ax.set_ylabel("activation std (0 is drawn at the bottom)")
-    if not same:
-        ax.set_xlabel(f"module names of job {longest.num} (the architectures differ)")
+    depth = "module output, by depth (input first)"
+    ax.set_xlabel(depth if same else f"{depth}: names of job {longest.num}, architectures differ")
     _log_y(ax)
     ax.grid(True, which="both", alpha=0.3)
 
@@ -236,6 +238,7 @@ def _weight_panel(ax: Any, jobs: list[JobResult], styles: dict[int, dict[str, An
         names = max(names, [w["name"] for w in mats], key=len)
     _name_ticks(ax, names)
     ax.set_title("weight std per layer (matrices and kernels)", fontsize=10)
+    ax.set_xlabel("parameter, by depth")
     ax.set_ylabel("weight std")
     _log_y(ax)
     ax.grid(True, which="both", alpha=0.3)
@@ -285,12 +288,13 @@ def figure(jobs: list[JobResult], title: str = "") -> Any:
             _weight_panel(ax_w, ran, styles)
     if ran:
         handles = [Line2D([], [], **styles[j.num], label=_label(j, varying)) for j in ran]
+        by_init = len({j.init for j in ran}) > 1  # one colour says nothing otherwise
         fig.legend(
             handles=handles,
             loc="outside lower center",
             ncols=min(4, len(handles)),
             fontsize=8,
-            title="job (colour = init)",
+            title="job (colour = init)" if by_init else "job",
             title_fontsize=8,
             frameon=False,
         )
@@ -299,6 +303,6 @@ def figure(jobs: list[JobResult], title: str = "") -> Any:
 
 
 def draw(jobs: list[JobResult], path: Path, title: str = "") -> Path:
-    """Write the sweep's picture (:func:`figure`) to ``path`` as a PNG."""
+    """``sweep.png``: write the sweep's picture (:func:`figure`) to ``path`` as a PNG."""
     figure(jobs, title).savefig(path, dpi=90)
     return path

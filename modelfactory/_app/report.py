@@ -1,6 +1,7 @@
-"""The sweep report: gather every job of a multirun and write ``sweep.csv``, ``sweep.png``
-and a short text table. Reads only the files the jobs wrote, so it works with every
-launcher (the jobs may have run in other processes or on other machines)."""
+"""The sweep report: gather every job of a multirun and write ``sweep.csv`` and a short text
+table (``plot`` draws ``sweep.png`` from the same jobs). Reads only the files the jobs
+wrote, so it works with every launcher (the jobs may have run in other processes or on
+other machines)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 
 from .job import ERROR_FILE, METRICS_FILE
 
-__all__ = ["JobResult", "collect", "describe_sweep", "ranked", "table", "write_csv", "write_png"]
+__all__ = ["JobResult", "collect", "describe_sweep", "ranked", "table", "write_csv"]
 
 
 @dataclass
@@ -221,10 +222,3 @@ def table(jobs: list[JobResult]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
-
-
-def write_png(jobs: list[JobResult], path: Path, title: str = "") -> Path:
-    """``sweep.png``: loss, coordinate check and activation std per job (see ``plot``)."""
-    from . import plot  # matplotlib is imported only when a picture is drawn
-
-    return plot.draw(jobs, path, title)

@@ -114,6 +114,7 @@ def sharded_job(cfg: Any, out_dir: Path, restore: str | None = None) -> dict[str
     import modelfactory as mf
 
     from ..checkpoint._bounds import check_sample_pass
+    from ..checkpoint.read import load_model
     from .job import (
         METRICS_FILE,
         SUMMARY_FILE,
@@ -131,8 +132,9 @@ def sharded_job(cfg: Any, out_dir: Path, restore: str | None = None) -> dict[str
             model = mf.build(build_config(cfg), mesh=mesh, fsdp_units=units)
         else:
             trusted = list(cfg.get("trusted") or [])
-            model = mf.load(restore, mesh=mesh, fsdp_units=units, trusted=trusted)
-            check_sample_pass(mf.config_of(model), restore)  # bound the real pass below
+            # the sample pass below runs for real: bound it before any weight is read
+            checks = (check_sample_pass,)
+            model = load_model(restore, mesh=mesh, fsdp_units=units, trusted=trusted, checks=checks)
         first = dist.get_rank() == 0
         if first:
             text = mf.summary(model) + f"\nsharded over {mesh.size()} ranks (FSDP2 units: {units})"

@@ -121,6 +121,7 @@ class Header:
     index: dict[str, tuple[str, tuple[int, ...]]]  # name -> (dtype, shape)
     meta: dict[str, str] = field(default_factory=dict)  # the file's metadata, as stored
     copy: bytes | None = None  # config.yaml's bytes, when read with the same version of file
+    checked: Any = None  # what a reader's check of this header returned, before any weight
 
 
 def read_header(file: Path, *, require: str | None = None) -> Header:

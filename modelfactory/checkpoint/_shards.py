@@ -32,7 +32,16 @@ from ._commit import JOURNAL, recover
 from ._config_copy import read_copy
 from ._schema import short
 
-__all__ = ["INDEX_FILE", "parse_size", "plan", "read_sharded", "sharded_files", "verify_sharded"]
+__all__ = [
+    "INDEX_FILE",
+    "Check",
+    "parse_size",
+    "plan",
+    "read_sharded",
+    "sharded_files",
+    "stored_bytes",
+    "verify_sharded",
+]
 
 T = TypeVar("T")
 INDEX_FILE = "model.safetensors.index.json"
@@ -226,27 +235,34 @@ def _consistent(index_file: Path, attempt: Callable[[Any], Any]) -> Any:
     )
 
 
+Check = Callable[[fmt.Header], Any]
+
+
 def read_sharded(
     index_file: Path,
     *,
     require: str | None = None,
     mmap: bool | None = True,
     copy: Path | None = None,
+    check: Check | None = None,
 ) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
     """The document and every tensor of a sharded checkpoint, all of one save (and the bytes
-    of its ``copy``, ``config.yaml``, renamed after the index by a save). ``mmap=None``
-    reads the headers alone (every shard's checked, no tensor data read): the tensors
-    returned are then ``meta`` tensors of the stored shapes and dtypes."""
+    of its ``copy``, ``config.yaml``, renamed after the index by a save). ``check(header)``
+    runs on the index's document before any shard is opened; what it returns is the
+    header's ``checked``. ``mmap=None`` reads the headers alone (every shard's checked, no
+    tensor data read): the tensors returned are then ``meta`` tensors of the stored shapes
+    and dtypes."""
 
     def attempt(fh: Any) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
         doc, wmap = _index_doc(index_file, fh, require)
+        checked = check(fmt.Header(index_file, doc, {})) if check is not None else None
         parts = _each_shard(
             index_file, _shards_of(doc, wmap), lambda f: _read_shard(f, doc, wmap, mmap)
         )
         index = {k: v for header, _ in parts for k, v in header.index.items()}
         if doc is not None:
             fmt.check_index(index_file, doc, index)
-        header = fmt.Header(index_file, doc, index, copy=read_copy(copy))
+        header = fmt.Header(index_file, doc, index, copy=read_copy(copy), checked=checked)
         if mmap is None:
             return header, fmt.stand_ins(index)
         return header, {k: t for _, ts in parts for k, t in ts.items()}
@@ -315,17 +331,43 @@ def resolved(path: str | os.PathLike, read: Callable[[Path], T]) -> tuple[Path, 
     raise AssertionError("unreachable")
 
 
+def stored_bytes(header: fmt.Header) -> int:
+    """The bytes on disk of a checkpoint's weight files (its shards, for an index): what its
+    tensors can hold at most, whatever its document says."""
+    doc = header.doc or {}
+    files = [header.file.with_name(s) for s in doc.get("shards", [])] or [header.file]
+    total = 0
+    for f in files:
+        try:
+            total += f.stat().st_size
+        except OSError:  # a shard gone: reading it reports that
+            continue
+    return total
+
+
 def read_any(
-    file: Path, *, require: str | None = None, mmap: bool | None = True, copy: Path | None = None
+    file: Path,
+    *,
+    require: str | None = None,
+    mmap: bool | None = True,
+    copy: Path | None = None,
+    check: Check | None = None,
 ) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
     """A single file or a sharded set, by ``file``'s name; ``header.copy`` holds the bytes
     of ``copy`` (``config.yaml``) as read with that version of the checkpoint. With
-    ``mmap=None`` only headers are read: the tensors are ``meta`` stand-ins."""
+    ``mmap=None`` only headers are read: the tensors are ``meta`` stand-ins.
+
+    ``check(header)`` runs once the header and its document are read and checked, before
+    any tensor data is read (a refusal reads none); what it returns is ``header.checked``.
+    A read retried because a save overtook it runs it again on the new header.
+    """
     if file.name.endswith(".index.json"):
-        return read_sharded(file, require=require, mmap=mmap, copy=copy)
+        return read_sharded(file, require=require, mmap=mmap, copy=copy, check=check)
 
     def once() -> tuple[fmt.Header, dict[str, torch.Tensor]]:
         header = fmt.read_header(file, require=require)
+        if check is not None:
+            header.checked = check(header)
         if mmap is None:
             tensors = fmt.stand_ins(header.index)
         else:

@@ -24,7 +24,7 @@ __all__ = [
     "assign",
     "check_filled",
     "check_nonpersistent",
-    "check_plain",
+    "check_restorable",
     "collect",
     "eval_modules",
     "expected",
@@ -167,30 +167,69 @@ def restore_modes(model: nn.Module, in_eval: Iterable[str]) -> nn.Module:
 _PLAIN = (str, int, float, bool, type(None))
 
 
-def check_plain(config: Any, file: Path) -> None:
-    """The config is stored as JSON and copied as YAML: only plain data can round-trip."""
+def check_restorable(config: Any, file: Path) -> None:
+    """A checkpoint's config must rebuild the model in another process, from the file
+    alone: plain data (it is stored as JSON and copied as YAML) whose targets import by
+    their dotted names.
+
+    Raises:
+        CheckpointError: listing each value that would not, by config path, with why.
+    """
     bad: list[str] = []
     stack: list[tuple[str, Any]] = [("", config)]
     while stack:
         path, v = stack.pop()
         if isinstance(v, dict):
-            bad += [
-                f"{path_join(path, k)} (a {type(k).__name__} key)"
-                for k in v
-                if not isinstance(k, str)
-            ]
-            stack += [(path_join(path, k), x) for k, x in v.items() if isinstance(k, str)]
+            for k, x in v.items():
+                if not isinstance(k, str):
+                    bad.append(f"{path_join(path, k)}: a {type(k).__name__} key (keys are strings)")
+                elif k == "_target_" and isinstance(x, str) and _unimportable(x):
+                    bad.append(f"{path_join(path, k)}: {_unimportable(x)}")
+                else:
+                    stack.append((path_join(path, k), x))
         elif isinstance(v, list):
             stack += [(path_join(path, i), x) for i, x in enumerate(v)]
         elif not isinstance(v, _PLAIN):
-            bad.append(f"{path or '<root>'} ({type(v).__module__}.{type(v).__qualname__}: {v!r})")
+            bad.append(f"{path or '<root>'}: {_live(v)}")
     if bad:
         raise CheckpointError(
             file,
-            "cannot save: the config must be plain YAML/JSON data (strings, numbers, booleans, "
-            "null, lists, mappings with string keys); write these as such (dtype: 'float64', "
-            "not torch.float64):\n  " + "\n  ".join(sorted(bad)),
+            "cannot save: its config would not rebuild the model from the file (nothing was "
+            "written); a config holds plain YAML/JSON data (strings, numbers, booleans, null, "
+            "lists, mappings with string keys) and importable targets:\n  "
+            + "\n  ".join(sorted(bad)),
         )
+
+
+def _unimportable(target: str) -> str:
+    """Why another process could not import ``target`` by its name ("" if it could)."""
+    if target.split(".")[0] == "__main__":
+        return (
+            f"{target!r} is defined in __main__ (the script being run), which another process "
+            "does not import; move it to a module"
+        )
+    if "<locals>" in target or "<lambda>" in target:
+        return (
+            f"{target!r} is a lambda or is defined inside a function; define it at the top "
+            "of a module"
+        )
+    return ""
+
+
+def _live(v: Any) -> str:
+    """Why a value that is not plain data cannot be stored."""
+    name = getattr(v, "__qualname__", None)
+    if callable(v) and isinstance(name, str):
+        where = f"{getattr(v, '__module__', None)}.{name}"
+        why = _unimportable(where) or "its dotted name finds another object"
+        return f"a {type(v).__name__} that no dotted name imports: {why}"
+    text = repr(v)
+    text = text if len(text) <= 80 else text[:77] + "..."
+    return (
+        f"a live {type(v).__module__}.{type(v).__qualname__} object ({text}); write it as "
+        "plain data (dtype: 'float64', not torch.float64) or as a node with _target_ that "
+        "builds it"
+    )
 
 
 def with_dtype(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -202,10 +241,21 @@ def with_dtype(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict
     return {**config, "device": {**config.get("device", {}), "dtype": name}}
 
 
-def skeleton(config: dict[str, Any], shapes: dict[str, Any], file: Path) -> nn.Module:
-    """The architecture on ``meta``; init rules are not needed (nothing is initialized)."""
+# What a skeleton built on the CPU (its constructors cannot run on meta) may allocate, over
+# the bytes its tensors take: what the rebuilt model holds before the stored tensors replace
+# its own, and a margin for what constructors make besides.
+FALLBACK_FACTOR, FALLBACK_MARGIN = 2, 64 * 2**20
+
+
+def skeleton(config: dict[str, Any], shapes: dict[str, Any], file: Path, nbytes: int) -> nn.Module:
+    """The architecture on ``meta``; init rules are not needed (nothing is initialized).
+
+    A model whose constructors cannot run on ``meta`` is built on the CPU with init skipped,
+    allocating at most about twice ``nbytes``, the bytes its tensors take.
+    """
+    limit = FALLBACK_FACTOR * nbytes + FALLBACK_MARGIN
     try:
-        return build_skeleton({**config, "init": {"rules": []}}, shapes)
+        return build_skeleton({**config, "init": {"rules": []}}, shapes, max_bytes=limit)
     except ModelFactoryError as e:
         raise CheckpointError(file, f"the embedded config does not build:\n{e}") from e
 

@@ -5,9 +5,14 @@ A checkpoint is untrusted input: its config could name any importable callable
 ``_target_`` anywhere in the config (model tree, ``_args_``, nested lists and
 mappings, unbuilt ``_recursive_: false`` values, init rule ``fn``s) is checked
 as a plain string against the allowed prefixes. Only then are the model's
-targets imported, and each must be an ``nn.Module`` class that really lives
-under an allowed prefix: a dotted path that starts with ``torch.nn`` but walks to
-a function defined elsewhere does not pass.
+targets imported, and each must really live under an allowed prefix: a dotted path
+that starts with ``torch.nn`` but walks to a function defined elsewhere does not pass.
+
+By default (``torch.nn`` and ``modelfactory``) a model target must be an ``nn.Module``
+class. Under a prefix the caller trusts, anything a build accepts restores: classes,
+functions and factories that return a module, classmethods, and values built from
+targets that are not modules (``transformers.LlamaConfig``). Trusting a prefix means
+running its code: the load calls what the file names under it, with the file's arguments.
 """
 
 from __future__ import annotations
@@ -202,27 +207,36 @@ def _check_modules(
     targets: list[tuple[str, str]],
     missing: list[tuple[str, str]],
 ) -> None:
-    """Every model target must be an ``nn.Module`` class living under an allowed prefix."""
+    """Every model target must live under an allowed prefix; one the caller did not trust
+    (``torch.nn``, ``modelfactory``) must be an ``nn.Module`` class."""
     if isinstance(v, dict):
         name = v.get("_target_")
         if isinstance(name, str):
             where = path_join(path, "_target_")
             obj = _resolve(name, where, trusted, targets, missing)
             if obj is not None:
-                if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
-                    targets.append(
-                        (where, f"{name!r} is a {type(obj).__name__}, not an nn.Module class")
-                    )
-                elif not _allowed(qualified_name(obj), prefixes):
-                    targets.append(
-                        (where, f"{name!r} is {qualified_name(obj)}, not under a trusted prefix")
-                    )
+                problem = _not_a_target(name, obj, prefixes, trusted)
+                if problem:
+                    targets.append((where, problem))
         for k, x in v.items():
             if k != "_target_":
                 _check_modules(x, path_join(path, k), prefixes, trusted, targets, missing)
     elif isinstance(v, list):
         for i, x in enumerate(v):
             _check_modules(x, path_join(path, i), prefixes, trusted, targets, missing)
+
+
+def _not_a_target(name: str, obj: Any, prefixes: tuple[str, ...], trusted: tuple[str, ...]) -> str:
+    """Why ``obj``, what the model target ``name`` names, may not be called ("" if it may)."""
+    home = qualified_name(obj)
+    if _allowed(name, trusted):  # the caller's own: any callable living under a prefix
+        if not callable(obj):
+            return f"{name!r} is a {type(obj).__name__}, not callable"
+    elif not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        return f"{name!r} is a {type(obj).__name__}, not an nn.Module class"
+    if not _allowed(home, prefixes):
+        return f"{name!r} is {home}, not under a trusted prefix"
+    return ""
 
 
 def _check_init_fns(

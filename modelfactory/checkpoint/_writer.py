@@ -18,7 +18,15 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ALIGN", "PAD_PREFIX", "dtype_name", "dtype_of", "unsupported", "write_file"]
+__all__ = [
+    "ALIGN",
+    "PAD_PREFIX",
+    "dtype_name",
+    "dtype_named",
+    "dtype_of",
+    "unsupported",
+    "write_file",
+]
 
 ALIGN = 64
 PAD_PREFIX = "__modelfactory_pad__."
@@ -32,11 +40,17 @@ _CODES = {
 }  # fmt: skip
 _NAMES = {code: str(dt).removeprefix("torch.") for dt, code in _CODES.items()}
 _DTYPES = {code: dt for dt, code in _CODES.items()}
+_BY_NAME = {name: _DTYPES[code] for code, name in _NAMES.items()}
 
 
 def dtype_name(code: str) -> str:
     """safetensors' dtype code (``"BF16"``) -> torch's name (``"bfloat16"``)."""
     return _NAMES.get(code, code)
+
+
+def dtype_named(name: str) -> torch.dtype | None:
+    """torch's name (``"bfloat16"``) -> the dtype, ``None`` for a name no stored dtype has."""
+    return _BY_NAME.get(name)
 
 
 def dtype_of(code: str) -> torch.dtype:

@@ -1,19 +1,18 @@
 """Reading checkpoints: ``load`` (the model, rebuilt from its embedded config),
 ``load_weights`` (tensors into an existing model), ``load_tensors`` and ``verify``.
 
-``load`` checks the config's targets against the trusted prefixes before anything
-is imported, rebuilds the architecture on ``meta`` with no init, assigns the
-tensors (read into memory of their own, or memory-mapped with ``mmap=True``),
-re-applies ties and places the model. Every reader takes a single file or a
-sharded directory (``_shards``). Only tensors and
-JSON are read back: no Python object is ever deserialized.
+``load`` reads the header, checks the config's targets against the trusted prefixes
+before anything is imported, checks the config's bounds and rebuilds the architecture on
+``meta`` with no init, all before any weight is read (``_rebuild``); then it assigns the
+tensors (read into memory of their own, or memory-mapped with ``mmap=True``), re-applies
+ties and places the model. Every reader takes a single file or a sharded directory
+(``_shards``). Only tensors and JSON are read back: no Python object is ever deserialized.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import os
-import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,17 +23,15 @@ from torch.nn.parameter import is_lazy
 from .._record import BuildRecord, attach, record_of
 from ..device import parse_dtype, resolve_device
 from ..errors import CheckpointError
-from ..tie import apply_ties, check_ties
+from ..tie import check_ties
 from . import _format as fmt
 from . import _state
 from ._atomic import stable
-from ._bounds import check_fill
-from ._commit import recover
-from ._config_copy import compare_copy, read_copy
+from ._rebuild import ConfigCheck, assemble, compare_with_copy, prepare
 from ._shards import INDEX_FILE, checkpoint_paths, read_any, resolved, verify_sharded
-from ._trust import check_config, parse_trusted
+from ._trust import parse_trusted
 
-__all__ = ["Verified", "load", "load_tensors", "load_weights", "verify"]
+__all__ = ["Verified", "load", "load_model", "load_tensors", "load_weights", "verify"]
 
 Pathish = str | os.PathLike
 
@@ -86,6 +83,25 @@ def load(
         CheckpointError: a missing or corrupt file, (strict) tensors that do not fit, or a
             ``dtype`` that is not floating.
     """
+    return load_model(
+        path, device, dtype, trusted, strict, mmap=mmap, mesh=mesh, fsdp_units=fsdp_units
+    )
+
+
+def load_model(
+    path: Pathish,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    trusted: tuple[str, ...] | list[str] = (),
+    strict: bool = True,
+    *,
+    mmap: bool = False,
+    checks: tuple[ConfigCheck, ...] = (),
+    mesh: Any = None,
+    fsdp_units: Any = "repeat",
+) -> nn.Module:
+    """:func:`load`, with ``checks`` of the trusted config run before any weight is read
+    (``restore=`` bounds its sample pass with one); see ``_rebuild`` for the order."""
     if mesh is not None:
         from ..distributed import load_sharded
 
@@ -94,18 +110,23 @@ def load(
                 Path(path),
                 "load(mesh=...) places the model on the mesh's devices; leave device out",
             )
-        options = {"dtype": dtype, "trusted": trusted, "strict": strict}
+        options = {"dtype": dtype, "trusted": trusted, "strict": strict, "checks": checks}
         return load_sharded(path, mesh, fsdp_units=fsdp_units, **options)
     cast = _float_dtype(dtype, path)
-    file, copy, (header, stored) = resolved(
-        path, lambda f: read_any(f, require="model", mmap=mmap, copy=_copy_of(f))
-    )
-    doc = header.doc or {}
-    config = _trusted_config(doc, file, copy, trusted, header.copy)
     target = resolve_device(device if device is not None else "cpu", "device")
+    prefixes = parse_trusted(trusted, path)
+
+    check = functools.partial(prepare, trusted=prefixes, strict=strict, checks=checks)
+
+    def read(f: Path) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
+        return read_any(f, require="model", mmap=mmap, copy=_copy_of(f), check=check)
+
+    file, copy, (header, stored) = resolved(path, read)
+    doc = header.doc or {}
+    compare_with_copy(header, copy)
     tensors = _with_aliases(stored, doc.get("aliases", {}))
-    model = _rebuild(config, tensors, doc, file, strict)
-    ties = record_of(model).ties
+    model = assemble(header.checked, tensors, doc, file)
+    config, ties = header.checked.config, record_of(model).ties
     _place(model, ties, cast, target)
     device_cfg = {**config.get("device", {}), "device": str(target)}
     if cast is not None:
@@ -119,60 +140,6 @@ def _copy_of(file: Path) -> Path | None:
     """The ``config.yaml`` beside a checkpoint's ``model.safetensors`` or index."""
     copy = file.with_name(fmt.CONFIG_FILE)
     return copy if file.name in (fmt.MODEL_FILE, INDEX_FILE) and copy.is_file() else None
-
-
-def _trusted_config(
-    doc: dict[str, Any], file: Path, copy: Path | None, trusted: Any, data: bytes | None
-) -> dict[str, Any]:
-    """The embedded config, once every target it names is trusted; warns when the
-    ``config.yaml`` copy beside the file (``data``: its bytes) says something else."""
-    config = doc["config"]
-    check_config(config, file, parse_trusted(trusted, file))
-    if copy is not None:
-        sha256 = doc.get("config_yaml_sha256")
-        if data is not None and hashlib.sha256(data).hexdigest() != sha256:
-            # new weights may have been read just before their save renamed the copy:
-            # wait for a switch in progress, then look at the copy again
-            recover(copy.parent)
-            data = read_copy(copy)
-        compare_copy(copy, config, file, sha256, data)
-    return config
-
-
-def _rebuild(
-    config: dict[str, Any],
-    tensors: dict[str, torch.Tensor],
-    doc: dict[str, Any],
-    file: Path,
-    strict: bool,
-) -> nn.Module:
-    """The architecture from ``config`` with the stored tensors in it, ties and modes restored."""
-    nonpersistent, aliases = doc.get("nonpersistent", []), doc.get("aliases", {})
-    model = _state.skeleton(config, {k: t.shape for k, t in tensors.items()}, file)
-    _state.check_nonpersistent(model, nonpersistent, file)
-    expected = _state.expected(model, nonpersistent)
-    problems = _state.mismatches(expected, _state.signature(tensors))
-    if problems and strict:
-        raise CheckpointError(
-            file,
-            f"does not fit the model its config builds ({len(problems)} problems; "
-            "load(strict=False) to load what fits):\n  " + "\n  ".join(problems),
-        )
-    if problems:
-        check_fill(file, expected, tensors)
-        warnings.warn(f"{file}: loading what fits:\n  " + "\n  ".join(problems), stacklevel=3)
-        record = record_of(model)
-        model = _state.fit(model, config, tensors, expected, nonpersistent, aliases)
-        if record_of(model) is None:
-            attach(model, record)
-    else:
-        _state.assign(model, tensors, nonpersistent, aliases)
-    _state.check_filled(model, file)
-    ties = record_of(model).ties
-    apply_ties(model, ties)
-    check_ties(model, ties)
-    _state.restore_modes(model, doc.get("eval", []))
-    return model
 
 
 def _place(

@@ -201,8 +201,7 @@ def _config_for(model: nn.Module, cfg: Any, file: Path) -> tuple[dict[str, Any],
         cfg, knobs = record.config, record.knobs
     bc = normalize(cfg)
     config, knobs = bc.resolved, dict(knobs or bc.knobs)
-    _state.check_plain(config, file)
-    _state.check_plain(knobs, file)
+    _state.check_restorable({**config, "knobs": knobs} if knobs else config, file)
     return config, knobs
 
 
@@ -225,7 +224,8 @@ def _check_matches_config(
 ) -> list[tuple[str, list[str]]]:
     """The config must still build this model (names, shapes, dtypes, ties); returns the
     resolved ties."""
-    skeleton = _state.skeleton(config, {k: t.shape for k, t in tensors.items()}, file)
+    nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    skeleton = _state.skeleton(config, {k: t.shape for k, t in tensors.items()}, file, nbytes)
     problems = _state.mismatches(
         _state.expected(skeleton, nonpersistent),
         _state.signature(tensors),

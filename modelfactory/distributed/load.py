@@ -1,17 +1,18 @@
 """``load(path, mesh=...)`` and ``load_weights`` into a sharded model: each rank reads its
 own rows of each tensor and nothing else.
 
-The order is ``load``'s: the header (and every shard's), the format version, the trust
-of every target and the config's bounds all pass before any tensor data is read (the
-same functions as a one-process load). Then the architecture is rebuilt on ``meta`` from
-the stored shapes, sharded as ``build(cfg, mesh=...)`` shards it, given memory for each
-rank's rows (``to_empty``), and each rank reads its rows with safetensors'
-``safe_open(...).get_slice``: the pages of those rows, not the file. Buffers, which
-every rank holds whole, are read whole.
+The order is ``load``'s (``checkpoint/_rebuild.py``), with its functions: the header (and
+every shard's), the format version, the trust of every target, the config's bounds and
+the architecture on ``meta`` with the stored tensors' fit, all before any tensor data is
+read. Then the architecture is sharded as ``build(cfg, mesh=...)`` shards it, given
+memory for each rank's rows (``to_empty``), and each rank reads its rows with
+safetensors' ``safe_open(...).get_slice``: the pages of those rows, not the file.
+Buffers, which every rank holds whole, are read whole.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterable
@@ -26,8 +27,10 @@ from torch.distributed.tensor import DTensor
 from .._record import BuildRecord, attach, record_of
 from ..checkpoint import _state
 from ..checkpoint._atomic import identity, unchanged
+from ..checkpoint._rebuild import ConfigCheck, compare_with_copy, prepare
 from ..checkpoint._shards import INDEX_FILE, read_any, resolved
-from ..checkpoint.read import _copy_of, _float_dtype, _trusted_config, _with_aliases, fitting
+from ..checkpoint._trust import parse_trusted
+from ..checkpoint.read import _copy_of, _float_dtype, fitting
 from ..errors import CheckpointError, DeviceError
 from ..tie import apply_ties, check_ties
 from ._mesh import checked_mesh, local_box, mesh_of
@@ -45,23 +48,29 @@ def load_sharded(
     dtype: str | torch.dtype | None = None,
     trusted: Iterable[str] = (),
     strict: bool = True,
+    checks: tuple[ConfigCheck, ...] = (),
     fsdp_units: Any = "repeat",
 ) -> nn.Module:
     """``mf.load(path, mesh=mesh)``: the saved model, sharded over ``mesh``, each rank
     reading only its rows (see the module's doc). Outputs and gathered values equal a
-    one-process load's bit for bit."""
+    one-process load's bit for bit. ``checks`` run on the trusted config before any weight
+    is read, as in ``load_model``."""
     device = checked_mesh(mesh)
     cast = _float_dtype(dtype, path)
-    file, copy, (header, stand_ins) = resolved(
-        path, lambda f: read_any(f, require="model", mmap=None, copy=_copy_of(f))
-    )
     if not strict:
         raise CheckpointError(
-            file, "load(mesh=...) needs strict=True (a sharded load reads only what fits)"
+            Path(path), "load(mesh=...) needs strict=True (a sharded load reads only what fits)"
         )
-    doc = header.doc
-    config = _trusted_config(doc, file, copy, trusted, header.copy)
-    model, stored = _skeleton(config, doc, stand_ins, file)
+    check = functools.partial(
+        prepare, trusted=parse_trusted(trusted, path), strict=True, checks=checks
+    )
+    file, copy, (header, stand_ins) = resolved(
+        path, lambda f: read_any(f, require="model", mmap=None, copy=_copy_of(f), check=check)
+    )
+    compare_with_copy(header, copy)
+    doc, prepared = header.doc, header.checked
+    model, aliases = prepared.skeleton, doc.get("aliases", {})
+    stored = {k: aliases.get(k, k) for k in prepared.expected}  # name -> its stored name
     ties = record_of(model).ties
     if cast is not None:
         model.to(cast)
@@ -71,33 +80,12 @@ def load_sharded(
     check_ties(model, ties)
     _read_into(file, _targets(model, stored), stand_ins)
     _state.restore_modes(model, doc.get("eval", []))
-    device_cfg = {**config.get("device", {}), "device": str(device)}
+    device_cfg = {**prepared.config.get("device", {}), "device": str(device)}
     if cast is not None:
         device_cfg["dtype"] = str(cast).removeprefix("torch.")
-    record = BuildRecord(
-        {**config, "device": device_cfg}, ties, record_of(model).paths, doc.get("knobs", {})
-    )
+    config = {**prepared.config, "device": device_cfg}
+    record = BuildRecord(config, ties, record_of(model).paths, doc.get("knobs", {}))
     return attach(model, record)
-
-
-def _skeleton(
-    config: dict[str, Any], doc: dict[str, Any], stand_ins: dict[str, torch.Tensor], file: Path
-) -> tuple[nn.Module, dict[str, str]]:
-    """The architecture on ``meta`` (ties applied), checked against the stored tensors; and
-    the stored name of each of its tensors."""
-    nonpersistent, aliases = doc.get("nonpersistent", []), doc.get("aliases", {})
-    named = _with_aliases(stand_ins, aliases)
-    model = _state.skeleton(config, {k: t.shape for k, t in named.items()}, file)
-    _state.check_nonpersistent(model, nonpersistent, file)
-    expected = _state.expected(model, nonpersistent)
-    problems = _state.mismatches(expected, _state.signature(named))
-    if problems:
-        raise CheckpointError(
-            file,
-            f"does not fit the model its config builds ({len(problems)} problems):\n  "
-            + "\n  ".join(problems),
-        )
-    return model, {k: aliases.get(k, k) for k in expected}
 
 
 def _targets(model: nn.Module, stored: dict[str, str]) -> dict[str, torch.Tensor]:

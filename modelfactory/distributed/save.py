@@ -90,7 +90,8 @@ def _whole(
 ) -> nn.Module:
     """A one-process model holding ``full``: ``model``'s architecture, ties and modes."""
     config = to_plain(cfg) if cfg is not None else record.config
-    whole = _state.skeleton(config, {k: t.shape for k, t in full.items()}, path)
+    nbytes = sum(t.nbytes for t in full.values())
+    whole = _state.skeleton(config, {k: t.shape for k, t in full.items()}, path, nbytes)
     ties = record_of(whole).ties
     _state.assign(whole, full, [k for k in full if k not in whole.state_dict()], {})
     apply_ties(whole, ties)
