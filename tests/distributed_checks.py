@@ -33,6 +33,15 @@ CONFIGS = {
         *("width1=5", "width2=7", "depth1=1", "depth2=1", "input_shape=[1,3,4,4]"),
     ],
 }
+# A user's class (not trusted by default), with a non-persistent buffer drawn at construction.
+MASKED = {
+    "model": {
+        "_target_": "modelfactory.blocks.Repeat",
+        "n": 2,
+        "block": {"_target_": "tests.io_targets.MaskedLinear", "features": 5},
+    },
+    "input_shape": [2, 5],
+}
 SAVED = {"gpt": "1KB", "resnet": None}  # saved and loaded: name -> max_shard_size
 ON_TWO = ("gpt", "shared", "resnet")  # built on the mesh of 2 ranks too (all on the mesh of 3)
 
@@ -44,7 +53,8 @@ def composed() -> dict[str, dict[str, Any]]:
 
     from modelfactory.configs import compose
 
-    return {n: OmegaConf.to_container(compose(o), resolve=False) for n, o in CONFIGS.items()}
+    out = {n: OmegaConf.to_container(compose(o), resolve=False) for n, o in CONFIGS.items()}
+    return {**out, "masked": MASKED}
 
 
 def start(world: int, out: str, configs: dict[str, dict[str, Any]]) -> None:
@@ -93,6 +103,7 @@ def main(rank: int, world: int, out: str, configs: dict[str, dict[str, Any]]) ->
         seen[f"load_bf16/{size}"] = check_load_cast(out_dir / "ref_gpt_sharded", mesh)
         if size == "3":
             seen["old_checkpoints"] = check_old_checkpoints(mesh)
+            seen["untrusted"] = check_untrusted(out_dir / "ref_masked", mesh)
     seen["cli"] = check_cli(rank, out_dir)
     dist.barrier()
     dist.destroy_process_group()
@@ -108,6 +119,7 @@ def _save_references(out: Path, configs: dict[str, dict[str, Any]]) -> None:
         model = mf.build(configs[name])
         mf.save(model, out / f"ref_{name}_single")
         mf.save(model, out / f"ref_{name}_sharded", max_shard_size=limit or "2KB")
+    mf.save(mf.build(MASKED), out / "ref_masked")
 
 
 def _all_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -326,6 +338,26 @@ def check_old_checkpoints(mesh: Any) -> dict[str, list[str]]:
         d.name: _different(_gathered(mf.load(d, mesh=mesh)), _all_tensors(mf.load(d)))
         for d in sorted(data.iterdir())
     }
+
+
+def check_untrusted(path: Path, mesh: Any) -> dict[str, Any]:
+    """A checkpoint naming a class outside the trusted prefixes: refused before any tensor
+    is read; trusted, it loads with a one-process load's values."""
+    import modelfactory as mf
+    from modelfactory.distributed import load as loading
+
+    real = loading.safe_open
+    loading.safe_open = recorder = _Recorder(real)
+    try:
+        mf.load(path, mesh=mesh)
+        error = "no error"
+    except mf.UntrustedTargetError as e:
+        error = str(e)
+    finally:
+        loading.safe_open = real
+    trusted = mf.load(path, mesh=mesh, trusted=["tests.*"])
+    bad = _different(_gathered(trusted), _all_tensors(mf.load(path, trusted=["tests.*"])))
+    return {"error": error, "reads": len(recorder.reads), "bad": bad}
 
 
 def check_load_weights(cfg: dict[str, Any], out: Path, mesh: Any) -> dict[str, Any]:

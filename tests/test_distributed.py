@@ -54,7 +54,7 @@ def ranks_of(size: str) -> range:
 
 
 def built(size: str) -> list[str]:
-    return [n for n in checks.CONFIGS if size == "3" or n in checks.ON_TWO]
+    return [n for n in [*checks.CONFIGS, "masked"] if size == "3" or n in checks.ON_TWO]
 
 
 @pytest.mark.parametrize("size", MESHES)
@@ -81,7 +81,8 @@ def test_plan_rank_bytes_are_what_each_rank_holds(seen: dict, size: str) -> None
     """The plan, made here in one process with nothing allocated, says what each rank
     of a real sharded build holds (FSDP2's padded rows, buffers whole)."""
     for name in built(size):
-        planned = mf.plan(compose(checks.CONFIGS[name]), world_size=int(size)).rank_bytes
+        cfg = compose(checks.CONFIGS[name]) if name != "masked" else checks.MASKED
+        planned = mf.plan(cfg, world_size=int(size)).rank_bytes
         for rank in ranks_of(size):
             assert planned == seen[rank][f"build/{size}/{name}"]["local_bytes"], (name, rank)
 
@@ -131,6 +132,13 @@ def test_load_reads_only_each_ranks_rows(seen: dict, size: str, name: str, layou
 def test_load_casts_as_one_process(seen: dict, size: str) -> None:
     for rank in ranks_of(size):
         assert seen[rank][f"load_bf16/{size}"] == []
+
+
+def test_an_untrusted_checkpoint_is_refused_before_any_read(seen: dict) -> None:
+    for rank in range(WORLD):
+        got = seen[rank]["untrusted"]
+        assert "tests.io_targets.MaskedLinear" in got["error"] and got["reads"] == 0, got
+        assert got["bad"] == []  # trusted: the values and the non-persistent mask
 
 
 def test_old_checkpoints_load_sharded(seen: dict) -> None:
