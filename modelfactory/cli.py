@@ -118,11 +118,14 @@ def _task(cfg: DictConfig) -> dict[str, Any] | None:
         if cfg.get("plan") or (cfg.get("mesh") is not None and not cfg.get("verify")):
             from ._app import sharded  # plan=true, mesh=fsdp (docs/distributed.md)
 
+            restore = None if cfg.get("plan") else cfg.get("restore")
+            if restore:
+                job.restore_placement(cfg, list(hc.overrides.task))  # refuses model=...
+            else:
+                job.check_overrides(cfg, list(hc.overrides.task))
             if cfg.get("plan"):
                 return sharded.plan_job(cfg)
-            if cfg.get("restore"):
-                job.restore_placement(cfg, list(hc.overrides.task))  # refuses model=...
-            return sharded.sharded_job(cfg, out_dir, restore=cfg.get("restore"))
+            return sharded.sharded_job(cfg, out_dir, restore=restore)
         if cfg.get("restore"):
             placement = job.restore_placement(cfg, list(hc.overrides.task))
             checksum = job.restore_job(str(cfg.restore), list(cfg.trusted), **placement)
