@@ -2,7 +2,8 @@
 
 Public API: :func:`build`, :func:`config_of`, :func:`save`, :func:`load`,
 :func:`load_weights`, :func:`save_tensors`, :func:`load_tensors`, :func:`verify`,
-:func:`summary`, :func:`init_report`, and the errors in :mod:`modelfactory.errors`.
+:func:`summary`, :func:`init_report`, :func:`plan` (a :class:`Plan`), and the errors in
+:mod:`modelfactory.errors`. Sharded models: :mod:`modelfactory.distributed`.
 
 Names are imported on first use so that ``import modelfactory`` stays cheap.
 """
@@ -20,6 +21,8 @@ _EXPORTS = {
     "summary": "summary",
     "init_report": "init",
     "config_of": "_record",
+    "plan": "planning",
+    "Plan": "planning",
     "save": "checkpoint",
     "load": "checkpoint",
     "load_weights": "checkpoint",

@@ -57,8 +57,17 @@ def construct(node: Node, key: int, ctx: Context) -> Any:
     return _build_node(node, key, ctx, ctx.device)
 
 
+def construct_at(node: Node, key: int, ctx: Context) -> Any:
+    """Build ``node`` (and its children) under its own stream key ``key`` (a record's key): one
+    node of a model alone, with the values it gets in the whole model."""
+    return _build_at(node, key, ctx, ctx.device)
+
+
 def _build_node(node: Node, parent_key: int, ctx: Context, device: torch.device) -> Any:
-    key = mix(parent_key, node.component)
+    return _build_at(node, mix(parent_key, node.component), ctx, device)
+
+
+def _build_at(node: Node, key: int, ctx: Context, device: torch.device) -> Any:
     dev = ctx.node_devices.get(key, device) if ctx.node_devices else device
     if node.dynamic:
         args = [_build_value(a, key, ctx, dev) for a in node.args]

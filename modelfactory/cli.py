@@ -115,6 +115,17 @@ def _task(cfg: DictConfig) -> dict[str, Any] | None:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     try:
+        if cfg.get("plan") or (cfg.get("mesh") is not None and not cfg.get("verify")):
+            from ._app import sharded  # plan=true, mesh=fsdp (docs/distributed.md)
+
+            restore = None if cfg.get("plan") else cfg.get("restore")
+            if restore:
+                job.restore_placement(cfg, list(hc.overrides.task))  # refuses model=...
+            else:
+                job.check_overrides(cfg, list(hc.overrides.task))
+            if cfg.get("plan"):
+                return sharded.plan_job(cfg)
+            return sharded.sharded_job(cfg, out_dir, restore=restore)
         if cfg.get("restore"):
             placement = job.restore_placement(cfg, list(hc.overrides.task))
             checksum = job.restore_job(str(cfg.restore), list(cfg.trusted), **placement)
@@ -197,8 +208,10 @@ def main() -> None:
     # Let Hydra's own errors (a bad override, an unknown option) reach us, so that they are
     # reported in one paragraph like ours instead of with Hydra's multi-part message.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    from ._app.sharded import quiet_ranks
+
     try:
-        with _no_mode_probe(sys.argv[1:]):
+        with _no_mode_probe(sys.argv[1:]), quiet_ranks():
             app()
     except (HydraException, OmegaConfBaseException) as e:
         if _verbose():

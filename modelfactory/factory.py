@@ -34,13 +34,19 @@ from .errors import BuildError, ConfigError, DeviceError, TieError
 from .init import Rule, apply_rules, parse_rules
 from .tie import apply_ties, check_ties, resolve_groups, validate_groups
 
-__all__ = ["build", "build_skeleton"]
+__all__ = ["build", "build_skeleton", "meta_build"]
 
 META = torch.device("meta")
 
 
 def build(
-    cfg: Any, *, device: str | None = None, dtype: str | None = None, seed: int | None = None
+    cfg: Any,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    seed: int | None = None,
+    mesh: Any = None,
+    fsdp_units: Any = "repeat",
 ) -> nn.Module:
     """Build a model from a config.
 
@@ -50,6 +56,11 @@ def build(
         device: overrides ``device.device``.
         dtype: overrides ``device.dtype``.
         seed: overrides ``seed``.
+        mesh: a ``DeviceMesh``: build the model sharded over it with FSDP2, each rank
+            allocating only its shard, the values those of a build in one process (see
+            :mod:`modelfactory.distributed`); the mesh gives the device.
+        fsdp_units: with ``mesh``, the modules ``fully_shard`` makes units of besides the
+            root: ``"repeat"`` (each ``Repeat`` copy), ``"root"`` (none) or module-name globs.
 
     Returns:
         The model, with every parameter initialized (lazy layers materialized when
@@ -69,8 +80,13 @@ def build(
         "seed": bc.seed,
         "device": {**bc.resolved.get("device", {}), "device": bc.device, "dtype": bc.dtype},
     }
-    model, record = _build(bc)
-    return attach(model, record)
+    if mesh is not None:
+        from .distributed import build_sharded
+
+        if device is not None:
+            raise DeviceError([("device", "a sharded model's device is the mesh's; leave it out")])
+        return attach(*build_sharded(bc, mesh, fsdp_units))
+    return attach(*_build(bc))
 
 
 def build_skeleton(
@@ -114,6 +130,22 @@ def _skeleton_modules(
     cpu = torch.device("cpu")
     with SkipInit(everywhere=True), Allocations(max_bytes):
         return _construct(plan, replace(bc, device="cpu"), Context(cpu, seed_streams=False))
+
+
+def meta_build(bc: BuildConfig) -> tuple[Plan, nn.Module, list[Built], list]:
+    """What a build of ``bc`` makes, on ``meta`` (no memory, no init): the validated plan, with
+    each lazy node rewritten as its eager twin where every lazy node has one, the model (lazy
+    layers materialized by the build's dry run; ties not applied), its records and its
+    resolved ties. Shared by :mod:`modelfactory.planning` and the sharded build."""
+    plan = _plan(bc)
+    lazy = bc.input_shape is not None and has_lazy(plan.spec)
+    skeleton = _skeleton(plan, bc, lazy)
+    if lazy:
+        eager, _ = _eager_plan(plan, bc, skeleton)
+        if eager is not plan:
+            plan, skeleton = eager, _construct(eager, bc, Context(META, seed_streams=False))
+    ties = resolve_groups(skeleton[0], bc.tie_groups) if bc.tie_groups else []
+    return plan, *skeleton, ties
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ SUMMARY_FILE = "summary.txt"
 ERROR_FILE = "error.json"
 
 
-APP_KEYS = ("restore", "verify", "trusted", "train")  # conf/app.yaml's own keys
+APP_KEYS = ("restore", "verify", "trusted", "train", "plan", "mesh", "max_shard_size")
 
 
 def build_config(cfg: Any) -> Any:
@@ -186,7 +186,7 @@ def build_job(cfg: Any, out_dir: Path) -> dict[str, Any]:
         (out_dir / METRICS_FILE).write_text(json.dumps({"checksum": None}, indent=1))
         return {"checksum": None}
     with Spinner(f"saving checkpoint to {out_dir}"):
-        mf.save(model, out_dir)
+        mf.save(model, out_dir, max_shard_size=cfg.get("max_shard_size"))
     metrics: dict[str, Any] = {"checksum": c}
     if x is not None:
         metrics.update(mf.init_report(model, x))
@@ -274,6 +274,7 @@ def check_overrides(cfg: Any, overrides: list[str]) -> None:
 # What may come with restore=: the model comes from the checkpoint, only its placement
 # (and which targets to trust) from the command line.
 RESTORE_OVERRIDES = ("restore", "trusted", "device", "device.device", "device.dtype")
+RESTORE_OVERRIDES += ("mesh", "mesh.size", "mesh.units")  # restore sharded (_app/sharded.py)
 
 
 def restore_placement(cfg: Any, overrides: list[str]) -> dict[str, str]:

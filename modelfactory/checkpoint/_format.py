@@ -26,7 +26,7 @@ from ._bounds import check_shapes
 from ._reader import read_owned
 from ._schema import is_count, schema_problems, short
 from ._version import FORMAT_VERSION, check_version, upgrade
-from ._writer import PAD_PREFIX, dtype_name, unsupported, write_file
+from ._writer import PAD_PREFIX, dtype_name, dtype_of, unsupported, write_file
 
 META_KEY = "modelfactory"
 MODEL_FILE = "model.safetensors"
@@ -201,6 +201,11 @@ def check_index(file: Path, doc: dict[str, Any], index: dict) -> None:
         raise CheckpointError(
             file, f"tensor index does not match its metadata: {', '.join(k for k, _ in diff[:5])}"
         )
+
+
+def stand_ins(index: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, torch.Tensor]:
+    """A ``meta`` tensor of each stored tensor's shape and dtype (from a checked header)."""
+    return {k: torch.empty(s, dtype=dtype_of(d), device="meta") for k, (d, s) in index.items()}
 
 
 def read_tensors(file: Path, mmap: bool = True, threads: int = 1) -> dict[str, torch.Tensor]:

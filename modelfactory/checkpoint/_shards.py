@@ -179,9 +179,13 @@ def _in_set(file: Path, doc: dict | None, read: Callable[[], Any]) -> Any:
 
 
 def _read_shard(
-    file: Path, doc: dict | None, wmap: dict[str, str], mmap: bool
+    file: Path, doc: dict | None, wmap: dict[str, str], mmap: bool | None
 ) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
-    header, tensors = _in_set(file, doc, lambda: fmt.read(file, mmap=mmap))
+    """A shard's header and (unless ``mmap`` is ``None``) its tensors."""
+    if mmap is None:
+        header, tensors = _in_set(file, doc, lambda: fmt.read_header(file)), {}
+    else:
+        header, tensors = _in_set(file, doc, lambda: fmt.read(file, mmap=mmap))
     if set(header.index) != {k for k, s in wmap.items() if s == file.name}:
         raise _Changed(file, "holds other tensors than model.safetensors.index.json says")
     return header, tensors
@@ -238,14 +242,16 @@ def read_sharded(
     index_file: Path,
     *,
     require: str | None = None,
-    mmap: bool = True,
+    mmap: bool | None = True,
     copy: Path | None = None,
     check: Check | None = None,
 ) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
     """The document and every tensor of a sharded checkpoint, all of one save (and the bytes
     of its ``copy``, ``config.yaml``, renamed after the index by a save). ``check(header)``
     runs on the index's document before any shard is opened; what it returns is the
-    header's ``checked``."""
+    header's ``checked``. ``mmap=None`` reads the headers alone (every shard's checked, no
+    tensor data read): the tensors returned are then ``meta`` tensors of the stored shapes
+    and dtypes."""
 
     def attempt(fh: Any) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
         doc, wmap = _index_doc(index_file, fh, require)
@@ -257,6 +263,8 @@ def read_sharded(
         if doc is not None:
             fmt.check_index(index_file, doc, index)
         header = fmt.Header(index_file, doc, index, copy=read_copy(copy), checked=checked)
+        if mmap is None:
+            return header, fmt.stand_ins(index)
         return header, {k: t for _, ts in parts for k, t in ts.items()}
 
     return _consistent(index_file, attempt)
@@ -341,12 +349,13 @@ def read_any(
     file: Path,
     *,
     require: str | None = None,
-    mmap: bool = True,
+    mmap: bool | None = True,
     copy: Path | None = None,
     check: Check | None = None,
 ) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
     """A single file or a sharded set, by ``file``'s name; ``header.copy`` holds the bytes
-    of ``copy`` (``config.yaml``) as read with that version of the checkpoint.
+    of ``copy`` (``config.yaml``) as read with that version of the checkpoint. With
+    ``mmap=None`` only headers are read: the tensors are ``meta`` stand-ins.
 
     ``check(header)`` runs once the header and its document are read and checked, before
     any tensor data is read (a refusal reads none); what it returns is ``header.checked``.
@@ -359,7 +368,10 @@ def read_any(
         header = fmt.read_header(file, require=require)
         if check is not None:
             header.checked = check(header)
-        tensors = fmt.read_tensors(file, mmap, _workers(2**30))
+        if mmap is None:
+            tensors = fmt.stand_ins(header.index)
+        else:
+            tensors = fmt.read_tensors(file, mmap, _workers(2**30))
         header.copy = read_copy(copy)  # a save renames the copy after the file
         return header, tensors
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -44,6 +44,8 @@ def load(
     strict: bool = True,
     *,
     mmap: bool = False,
+    mesh: Any = None,
+    fsdp_units: Any = "repeat",
 ) -> nn.Module:
     """Rebuild a saved model from its checkpoint alone.
 
@@ -68,6 +70,10 @@ def load(
             when touched); the file must then not change while the model lives: a file
             overwritten in place changes the weights, and one truncated kills the process
             (``SIGBUS``). Saves never write in place, they rename.
+        mesh: a ``DeviceMesh``: the model comes back sharded over it (FSDP2, as
+            ``build(cfg, mesh=...)`` shards it, ``fsdp_units`` alike), each rank reading only
+            its own rows of the file; the mesh gives the device (``device`` must be ``None``).
+            See :mod:`modelfactory.distributed`.
 
     Returns:
         The model, with ties restored as identity.
@@ -77,7 +83,9 @@ def load(
         CheckpointError: a missing or corrupt file, (strict) tensors that do not fit, or a
             ``dtype`` that is not floating.
     """
-    return load_model(path, device, dtype, trusted, strict, mmap=mmap)
+    return load_model(
+        path, device, dtype, trusted, strict, mmap=mmap, mesh=mesh, fsdp_units=fsdp_units
+    )
 
 
 def load_model(
@@ -89,9 +97,21 @@ def load_model(
     *,
     mmap: bool = False,
     checks: tuple[ConfigCheck, ...] = (),
+    mesh: Any = None,
+    fsdp_units: Any = "repeat",
 ) -> nn.Module:
     """:func:`load`, with ``checks`` of the trusted config run before any weight is read
     (``restore=`` bounds its sample pass with one); see ``_rebuild`` for the order."""
+    if mesh is not None:
+        from ..distributed import load_sharded
+
+        if device is not None:
+            raise CheckpointError(
+                Path(path),
+                "load(mesh=...) places the model on the mesh's devices; leave device out",
+            )
+        options = {"dtype": dtype, "trusted": trusted, "strict": strict, "checks": checks}
+        return load_sharded(path, mesh, fsdp_units=fsdp_units, **options)
     cast = _float_dtype(dtype, path)
     target = resolve_device(device if device is not None else "cpu", "device")
     prefixes = parse_trusted(trusted, path)
@@ -144,6 +164,7 @@ def load_weights(
     strict: bool = True,
     *,
     convert: str | os.PathLike | None = None,
+    mesh: Any = None,
 ) -> nn.Module:
     """Copy stored tensors into an existing model, in place (keeps its device, dtype, ties).
 
@@ -159,6 +180,8 @@ def load_weights(
         convert: a conversion (``"hf_gpt2"`` or a conversion YAML's path): ``path`` is then a
             foreign directory (``save_pretrained`` output, one file or sharded) whose tensor
             names are renamed (see ``docs/convert.md``); not with ``prefix_map``.
+        mesh: the ``DeviceMesh`` a sharded model (``build(cfg, mesh=...)``) is sharded over;
+            a sharded model is recognized without it. Each rank reads only its own rows.
 
     Returns:
         ``model``.
@@ -170,22 +193,44 @@ def load_weights(
         from ..convert._weights import load_converted
 
         return load_converted(model, path, convert, prefix_map=prefix_map, strict=strict)
+    from ..distributed import is_sharded
+
+    if mesh is not None or is_sharded(model):
+        from ..distributed import load_weights_sharded
+
+        return load_weights_sharded(model, path, prefix_map, strict, mesh=mesh)
     file, _, (header, stored) = resolved(path, read_any)
-    doc = header.doc or {}
+    own = model.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for key, t in fitting(own, file, header.doc, stored, prefix_map, strict).items():
+            own[key].copy_(t)
+    return model
+
+
+def fitting(
+    own: dict[str, torch.Tensor],
+    file: Path,
+    doc: dict[str, Any] | None,
+    stored: dict[str, torch.Tensor],
+    prefix_map: dict[str, str] | None,
+    strict: bool,
+) -> dict[str, torch.Tensor]:
+    """``load_weights``' choice: the model's key -> the stored tensor (or ``meta`` stand-in)
+    that lands on it, renamed by ``prefix_map``; (strict) every problem raised together."""
+    doc = doc or {}
     tensors = _with_aliases(stored, doc.get("aliases", {}))
     for key in doc.get("nonpersistent", []):
         tensors.pop(key, None)
     mapping = {"": ""} if prefix_map is None else dict(prefix_map)
     chosen = _renamed(tensors, mapping)
-    own = model.state_dict(keep_vars=True)
     problems = _weight_problems(own, chosen, mapping)
     if strict and problems:
         raise CheckpointError(file, "tensors do not fit the model:\n  " + "\n  ".join(problems))
-    with torch.no_grad():
-        for key, t in chosen.items():
-            if key in own and not is_lazy(own[key]) and own[key].shape == t.shape:
-                own[key].copy_(t)
-    return model
+    return {
+        k: t
+        for k, t in chosen.items()
+        if k in own and not is_lazy(own[k]) and own[k].shape == t.shape
+    }
 
 
 def _renamed(tensors: dict[str, torch.Tensor], mapping: dict[str, str]) -> dict[str, torch.Tensor]:

@@ -62,6 +62,10 @@ def save(
             a foreign directory instead (for ``hf_gpt2``, what ``from_pretrained`` loads:
             ``model.safetensors`` and ``config.json``); see ``docs/convert.md``.
 
+    A model sharded over a mesh (``build(cfg, mesh=...)``) is saved collectively: every rank
+    calls ``save``, rank 0 writes the files a one-process save writes (see
+    :mod:`modelfactory.distributed`).
+
     Returns:
         The ``.safetensors`` file written, or the index of a sharded checkpoint.
 
@@ -72,6 +76,12 @@ def save(
             to a file name, or a write that fails (disk full, read-only directory, a
             directory where a file goes), which leaves the old checkpoint as it was.
     """
+    from ..distributed import is_sharded
+
+    if is_sharded(model):  # a collective: every rank of the mesh calls it
+        from ..distributed import save_sharded
+
+        return save_sharded(model, path, cfg=cfg, max_shard_size=max_shard_size, convert=convert)
     if convert is not None:
         return _save_converted(model, path, convert, cfg, max_shard_size)
     path = Path(path)
