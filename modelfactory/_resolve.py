@@ -24,8 +24,8 @@ from ._interpolation import unresolved
 from ._knobs import referenced_top_keys
 from ._spec import MAX_DEPTH
 from ._targets import TargetNotFound, locate, qualified_name
-from .resolvers import register
 from .errors import ConfigError, dotted, path_join
+from .resolvers import register
 
 __all__ = ["MISSING", "Resolved", "model_in_model", "resolve"]
 
