@@ -3,11 +3,17 @@ ResNet's block; values checked against hand computations."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import modelfactory as mf
+from modelfactory._app.train import parse_train, train
+from modelfactory.configs import compose
 from modelfactory.modules.attention import MultiHeadAttention
 from modelfactory.modules.embeddings import PatchEmbedding, TokenEmbedding
 from modelfactory.modules.feed_forward import GatedMLP
@@ -184,3 +190,33 @@ def test_basic_block_downsamples_only_when_it_must() -> None:
     assert block(torch.randn(1, 8, 10, 10)).shape == (1, 16, 5, 5)
     names = {k.split(".")[0] for k in block.state_dict()}
     assert names == {"conv1", "bn1", "conv2", "bn2", "downsample"}
+
+
+FRESH_LOAD = """
+import sys
+import modelfactory as mf
+assert not any(m.startswith("modelfactory.modules.") for m in sys.modules)
+model = mf.load(sys.argv[1])
+print(type(model.blocks[0].attn.body.mha).__module__)
+"""
+
+
+def test_a_zoo_checkpoint_loads_in_a_fresh_process_trusting_nothing(tmp_path) -> None:
+    """The block modules are among those a checkpoint may name without the caller's trust:
+    loading imports them."""
+    mf.save(mf.build(compose(["model=llama", "n_layer=1"])), tmp_path / "ckpt")
+    out = subprocess.run(
+        [sys.executable, "-c", FRESH_LOAD, str(tmp_path / "ckpt")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert out.stdout.split() == ["modelfactory.modules.attention"]
+
+
+def test_llama_trains_on_the_lm_task() -> None:
+    model = mf.build(compose(["model=llama", "n_layer=1"]))
+    t = parse_train({"task": "lm", "steps": 8, "lr": 3e-3, "optimizer": "adam", "batch_size": 4})
+    losses = train(model, t, 0, torch.zeros(2, 16, dtype=torch.long))["loss"]
+    assert len(losses) == 9 and losses[-1] < losses[0]  # steps 0..8
