@@ -4,6 +4,7 @@ parameters (names, dtypes, shapes, bytes) pinned at its default knobs and seed."
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,7 +116,14 @@ PUBLIC_SIZES = {
 }
 
 
+DOCS = Path(__file__).resolve().parent.parent
+
+
 @pytest.mark.parametrize("overrides", sorted(PUBLIC_SIZES))
 def test_public_sizes_have_their_parameter_counts(overrides, composed):
     model = mf.build(composed(overrides.split()), device="meta")
-    assert sum(p.numel() for p in model.parameters()) == PUBLIC_SIZES[overrides]
+    count = PUBLIC_SIZES[overrides]
+    assert sum(p.numel() for p in model.parameters()) == count
+    zoo, readme = (DOCS / "docs" / "zoo.md").read_text(), (DOCS / "README.md").read_text()
+    assert overrides in zoo and f"{count:,}" in zoo
+    assert overrides.split(" ", 1)[1] in readme and f"{count:,}" in readme
