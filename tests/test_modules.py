@@ -220,3 +220,13 @@ def test_llama_trains_on_the_lm_task() -> None:
     t = parse_train({"task": "lm", "steps": 8, "lr": 3e-3, "optimizer": "adam", "batch_size": 4})
     losses = train(model, t, 0, torch.zeros(2, 16, dtype=torch.long))["loss"]
     assert len(losses) == 9 and losses[-1] < losses[0]  # steps 0..8
+
+
+def test_zoo_blocks_tie_and_round_trip(tmp_path) -> None:
+    model = mf.build(compose(["model=llama", "n_layer=1", "tie=embed_head"]))
+    assert model.head.weight is model.embed.tok.weight
+    back = mf.load(mf.save(model, tmp_path / "tied"))
+    assert back.head.weight is back.embed.tok.weight
+    ids = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(back.eval()(ids), model.eval()(ids))
