@@ -129,17 +129,6 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def transformers() -> Any:
-    """transformers, imported once (it takes seconds) and never reaching for the hub."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("TRANSFORMERS_OFFLINE", "1")
-        import transformers
-
-        yield transformers
-
-
 def randomize(model: nn.Module, seed: int) -> nn.Module:
     """Every parameter and norm statistic random (norm scales near 1, weights scaled by their
     fan-in), so that a swapped, transposed or dropped tensor shows in the outputs."""
