@@ -217,9 +217,9 @@ def test_a_zoo_checkpoint_loads_in_a_fresh_process_trusting_nothing(tmp_path) ->
 
 def test_llama_trains_on_the_lm_task() -> None:
     model = mf.build(compose(["model=llama", "n_layer=1"]))
-    t = parse_train({"task": "lm", "steps": 8, "lr": 3e-3, "optimizer": "adam", "batch_size": 4})
+    t = parse_train({"task": "lm", "steps": 4, "lr": 3e-3, "optimizer": "adam", "batch_size": 2})
     losses = train(model, t, 0, torch.zeros(2, 16, dtype=torch.long))["loss"]
-    assert len(losses) == 9 and losses[-1] < losses[0]  # steps 0..8
+    assert len(losses) == 5 and losses[-1] < losses[0]  # steps 0..4
 
 
 def test_zoo_blocks_tie_and_round_trip(tmp_path) -> None:
