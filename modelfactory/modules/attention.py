@@ -11,6 +11,10 @@ from ..blocks import build_options
 __all__ = ["MultiHeadAttention", "attention_mask_for"]
 
 
+# SDPA groups key/value heads itself from torch 2.5 on (enable_gqa); before, they are repeated.
+_SDPA_GROUPS = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
 def _features(module: nn.Module | None) -> int | None:
     """Output features of a projection, when it says (``nn.Linear``, ``nn.LazyLinear``)."""
     out = getattr(module, "out_features", None)
@@ -126,7 +130,13 @@ class MultiHeadAttention(nn.Module):
         if self.pos_embeddings is not None:
             q, k = self.pos_embeddings(q), self.pos_embeddings(k)
         mask = attention_mask_for(attention_mask, self.causal, t, x.device)
-        grouped = self.n_kv_head != self.n_head
+        grouped = {}
+        if self.n_kv_head != self.n_head:
+            if _SDPA_GROUPS:
+                grouped = {"enable_gqa": True}
+            else:  # each key/value head serves n_head / n_kv_head query heads, in order
+                group = self.n_head // self.n_kv_head
+                k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -134,7 +144,7 @@ class MultiHeadAttention(nn.Module):
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=self.causal and mask is None,
-            enable_gqa=grouped,
+            **grouped,
         )
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
