@@ -25,6 +25,7 @@ from ._knobs import referenced_top_keys
 from ._spec import MAX_DEPTH
 from ._targets import TargetNotFound, locate, qualified_name
 from .errors import ConfigError, dotted, path_join
+from .resolvers import register
 
 __all__ = ["MISSING", "Resolved", "model_in_model", "resolve"]
 
@@ -212,6 +213,8 @@ def _nested_config(node: Any, path: str) -> Any:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    register()
+
     attached = node._get_parent() is not None
     try:
         return OmegaConf.to_container(node, resolve=attached, throw_on_missing=False)
@@ -223,6 +226,8 @@ def _nested_config(node: Any, path: str) -> Any:
 
 def _from_omegaconf(cfg: Any, where: str) -> Resolved:
     from omegaconf import OmegaConf
+
+    register()  # ${mf.calc:...} in a config composed or made without modelfactory
 
     root, node_path = cfg._get_root(), _node_path(cfg)
     prefix = ".".join(map(str, node_path)) or _prefix_of(cfg)

@@ -5,6 +5,14 @@ children and passes them in, exactly as you would in Python::
 
     Sequential({"hidden": nn.Linear(20, 256), "act": nn.ReLU()})
     Repeat(4, lambda i: nn.Linear(8, 8))
+
+Keyword inputs: ``model(x, attention_mask=m)`` gives each keyword to every block inside
+that takes it, through any nesting of these blocks; a block that takes none gets ``x``
+alone. A block takes the keywords its ``forward`` names after the input
+(``def forward(self, x, attention_mask=None)``), every keyword with ``**kwargs``, or
+what its method ``keyword_inputs()`` returns (a container of your own: see
+:func:`route`). A keyword that no block inside takes is a ``TypeError``, as a misspelt
+argument is in Python.
 """
 
 from __future__ import annotations
@@ -12,12 +20,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from string import Formatter
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
-__all__ = ["Parallel", "Repeat", "Residual", "Sequential", "build_options"]
+from ._inputs import Inputs, route, routes, taken, taken_by_all
+
+__all__ = ["Parallel", "Repeat", "Residual", "Sequential", "build_options", "route"]
 
 M = TypeVar("M", bound=type)
 
@@ -75,8 +85,25 @@ def _named(
     return named
 
 
+class _Chain(nn.Sequential):
+    """Children in order, each given the keyword inputs it takes."""
+
+    def forward(self, x: Any, **inputs: Any) -> Any:
+        if not inputs:  # the common case: exactly nn.Sequential's loop
+            for module in self:
+                x = module(x)
+            return x
+        for module, given in routes(self, self, inputs):
+            x = module(x, **given)
+        return x
+
+    def keyword_inputs(self) -> Inputs:
+        """The keyword inputs some child takes (``None``: any)."""
+        return taken_by_all(self)
+
+
 @build_options(draws=False)  # builds nothing random itself (children are seeded)
-class Sequential(nn.Sequential):
+class Sequential(_Chain):
     """Children in order; a mapping's keys become the children's names.
 
     Args:
@@ -90,18 +117,27 @@ class Sequential(nn.Sequential):
 
 
 @build_options(factories=("block",), stream_ignore=("n",), draws=False)
-class Repeat(nn.Sequential):
-    """``n`` independent copies of a block, run in sequence.
+class Repeat(_Chain):
+    """``n`` independent copies of a block, run in sequence; the first may differ.
 
     Args:
-        n: how many copies.
+        n: how many copies, ``first`` included.
         block: a callable ``block(i) -> nn.Module`` called once per copy, so each copy has
             its own parameters. From a config, modelfactory passes a factory that builds the
             ``block`` node afresh (and independently seeded) for every ``i``.
         name: the child name of copy ``i``, a format string with ``{i}``.
+        first: copy 0, when it differs from the others (a stage whose first block
+            downsamples); ``block`` then makes copies ``1`` to ``n - 1``, each with the
+            values it would have without ``first``.
     """
 
-    def __init__(self, n: int, block: Callable[[int], nn.Module], name: str = "{i}") -> None:
+    def __init__(
+        self,
+        n: int,
+        block: Callable[[int], nn.Module],
+        name: str = "{i}",
+        first: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -110,9 +146,11 @@ class Repeat(nn.Sequential):
                 "block must be a callable returning a fresh module per copy "
                 "(e.g. lambda i: nn.Linear(8, 8)); a single module would be shared, not repeated"
             )
+        if first is not None and not isinstance(first, nn.Module):
+            raise TypeError(f"first must be an nn.Module, got {type(first).__name__}")
         names = _copy_names(name, n)
         for i in range(n):
-            child = block(i)
+            child = first if i == 0 and first is not None else block(i)
             if not isinstance(child, nn.Module):
                 raise TypeError(f"block({i}) returned a {type(child).__name__}, not an nn.Module")
             self.add_module(names[i], child)
@@ -170,14 +208,20 @@ class Parallel(nn.Module):
         self.combine, self.dim = combine, dim
         self.branches = nn.ModuleDict(_named(branches, "branches"))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = [branch(x) for branch in self.branches.values()]
+    def forward(self, x: torch.Tensor, **inputs: Any) -> torch.Tensor:
+        outs = [
+            branch(x, **given) for branch, given in routes(self, self.branches.values(), inputs)
+        ]
         if self.combine == "cat":
             return torch.cat(outs, dim=self.dim)
         total = outs[0]
         for o in outs[1:]:
             total = total + o
         return total
+
+    def keyword_inputs(self) -> Inputs:
+        """The keyword inputs some branch takes (``None``: any)."""
+        return taken_by_all(self.branches.values())
 
     def extra_repr(self) -> str:
         return f"combine={self.combine!r}, dim={self.dim}"
@@ -193,5 +237,12 @@ class Residual(nn.Module):
             raise TypeError(f"body must be an nn.Module, got {type(body).__name__}")
         self.body = body
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+    def forward(self, x: torch.Tensor, **inputs: Any) -> torch.Tensor:
+        if not inputs:
+            return x + self.body(x)
+        ((body, given),) = routes(self, [self.body], inputs)
+        return x + body(x, **given)
+
+    def keyword_inputs(self) -> Inputs:
+        """The keyword inputs the body takes (``None``: any)."""
+        return taken(self.body)

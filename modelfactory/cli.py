@@ -204,6 +204,10 @@ def main() -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from .resolvers import register
+
+    register()  # ${mf.calc:...} resolves in Hydra's job too (--cfg job --resolve, the app)
+
     app = hydra.main(config_path=str(conf_dir()), config_name=APP_CONFIG, version_base="1.3")(_task)
     # Let Hydra's own errors (a bad override, an unknown option) reach us, so that they are
     # reported in one paragraph like ours instead of with Hydra's multi-part message.

@@ -56,6 +56,9 @@ def compose(overrides: Sequence[str] | None = None, config_name: str = "config")
                 )
             ]
         )
+    from .resolvers import register
+
+    register()  # ${mf.calc:...}: the composed config resolves anywhere it goes
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             return hydra_compose(config_name=config_name, overrides=list(overrides or []))

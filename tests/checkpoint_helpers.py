@@ -34,10 +34,17 @@ def assert_same(a: nn.Module, b: nn.Module) -> None:
         assert torch.equal(sa[k], sb[k]), k
     assert [m.training for m in a.modules()] == [m.training for m in b.modules()]
     x = sample_of(a)
-    with torch.no_grad():
-        ya, yb = a(x), b(x)
+    ya, yb = (_run(m, x) for m in (a, b))
     assert ya.dtype == yb.dtype
     assert torch.equal(ya, yb)
+
+
+def _run(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)``, with the same dropout masks for every model (BERT's dropout is on in
+    training mode)."""
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(0)
+        return model(x)
 
 
 def build_model(name: str, **kw: Any) -> nn.Module:

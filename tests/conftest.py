@@ -57,6 +57,18 @@ def mlp_cfg() -> dict[str, Any]:
     return {"model": seq(lin(20, 256), RELU, lin(256, 10)), "input_shape": [2, 20]}
 
 
+@pytest.fixture(scope="module")
+def transformers() -> Any:
+    """transformers (the tests of conversions), imported once per process (it takes seconds)
+    and never reaching for the hub."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TRANSFORMERS_OFFLINE", "1")
+        import transformers
+
+        yield transformers
+
+
 @pytest.fixture
 def composed():
     """compose(["model=...", ...]) over the shipped conf/ (the real config, as users get it)."""

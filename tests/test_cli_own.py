@@ -87,9 +87,10 @@ def test_knob_overrides_change_every_use_and_the_checkpoint_keeps_them(tmp_path:
     )
     doc = fmt.read_header(tmp_path / "outputs/k/model.safetensors").doc
     assert doc["knobs"] == {
-        "vocab_size": 256, "d_model": 128, "n_layer": 4, "n_head": 8, "max_len": 64, "d_ff": 256
+        "vocab_size": 256, "d_model": 128, "n_layer": 4, "n_head": 8, "max_len": 64, "d_ff": 512
     }  # fmt: skip
-    assert "${" not in json.dumps(doc["config"])  # stored resolved: restores without them
+    # d_ff followed d_model (${mf.calc:4 * ${d_model}}); stored resolved: restores without them
+    assert "${" not in json.dumps(doc["config"])
     assert "d_model=128" in (tmp_path / "outputs/k/config.yaml").read_text().splitlines()[1]
     built = mf.build(compose(KNOBS.split()[1:]))
     assert (

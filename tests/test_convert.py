@@ -24,17 +24,6 @@ SMALL_IDS = {"bos_token_id": 255, "eos_token_id": 255}
 
 
 @pytest.fixture(scope="module")
-def transformers() -> Any:
-    """transformers, imported once (it takes seconds) and never reaching for the hub."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("TRANSFORMERS_OFFLINE", "1")
-        import transformers
-
-        yield transformers
-
-
-@pytest.fixture(scope="module")
 def hf_dir(transformers: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random tiny GPT2LMHeadModel, saved with save_pretrained (shared by the tests)."""
     config = transformers.GPT2Config(**SMALL, **NO_DROPOUT, **SMALL_IDS)

@@ -77,7 +77,7 @@ def test_bad_conversion_file_names_each_key(tmp_path: Path) -> None:
 
 
 def test_unknown_shipped_name() -> None:
-    with pytest.raises(ConfigError, match="unknown conversion 'hf_gtp2'; shipped: hf_gpt2"):
+    with pytest.raises(ConfigError, match=r"unknown conversion 'hf_gtp2'; shipped: .*hf_gpt2, "):
         convert.load_conversion("hf_gtp2")
 
 
@@ -86,4 +86,4 @@ def test_pattern_fill_and_match_are_inverse(indices: list[int]) -> None:
     pattern = convert.Pattern.parse("h.{i}.mlp.{j}.weight")
     values = {"i": str(indices[0]), "j": str(indices[1])}
     assert pattern.match(pattern.fill(values)) == values
-    assert pattern.match("h.1.mlp.x.weight") is None
+    assert pattern.match("h.1.mlp.x.y.weight") is None  # a placeholder stays in one segment

@@ -120,7 +120,7 @@ def test_checkpoint_keeps_knobs_and_config_yaml_still_builds(tmp_path: Path) -> 
     assert header.startswith("# Built with the knobs (already applied below): vocab_size=256")
     assert "d_model=32" in header
     loaded = mf.load(tmp_path / "a")
-    assert record_of(loaded).knobs == {**GPT_SMALL, "d_model": 32, "n_head": 2}
+    assert record_of(loaded).knobs == {**GPT_SMALL, "d_model": 32, "n_head": 2, "d_ff": 128}
     assert_same(model, loaded)
     mf.save(loaded, tmp_path / "b")  # a loaded model keeps them
     assert record_of(mf.load(tmp_path / "b")).knobs == record_of(loaded).knobs

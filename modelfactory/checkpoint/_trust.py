@@ -149,7 +149,15 @@ def _walk(
 
 
 # modelfactory's own modules of blocks and init functions: importing one runs our code only.
-_IMPORTABLE = ("modelfactory.blocks", "modelfactory.layers", "modelfactory.init")
+_IMPORTABLE = (
+    "modelfactory.blocks",
+    "modelfactory.layers",
+    "modelfactory.init",
+    *(
+        f"modelfactory.modules.{m}"
+        for m in ("attention", "embeddings", "feed_forward", "position", "resnet", "shapes")
+    ),
+)
 
 
 class _NotLoaded(Exception):

@@ -31,8 +31,11 @@ Schema (paths in error messages read ``convert.renames.3.to``)::
       check: [key, ...]               keys of the file's config that must equal the model's
                                       on import (what tensor shapes cannot tell)
 
-Placeholders such as ``{i}`` match a decimal index; ``from`` and ``to`` (and ``same_as``)
-name the same placeholders. A conversion is one-to-one: rules that would produce one name
+Placeholders such as ``{i}`` match a run of characters inside one name segment: an index
+(``h.{i}.attn``) or a word (``norm.{p}`` covers ``weight``, ``bias``, ``running_mean``, ...),
+ending at the next ``.`` or the first character of the text after the placeholder; two
+placeholders must be separated by text. ``from`` and ``to`` (and ``same_as``) name the same
+placeholders. A conversion is one-to-one: rules that would produce one name
 twice, and tensors no rule matches, are errors, reported together.
 
 The package: ``_rules`` (patterns, renames, ties, the ``Conversion``), ``_file`` (finding,

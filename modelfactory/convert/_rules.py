@@ -19,7 +19,15 @@ _FIELD = re.compile(r"\{([A-Za-z_]\w*)\}")
 
 @dataclass(frozen=True)
 class Pattern:
-    """A tensor name with ``{placeholder}`` parts that match decimal indices."""
+    """A tensor name with ``{placeholder}`` parts.
+
+    A placeholder matches a non-empty run of characters inside one name segment: an index
+    (``h.{i}.attn`` on ``h.11.attn``) or a word (``{p}`` on ``weight``, ``running_mean``).
+    It ends at the next ``.`` or at the first character of the text that follows it in the
+    pattern (``{p}_proj`` takes ``q`` from ``q_proj``), so every name has at most one way to
+    match: the compiled expression never backtracks more than once per character, whatever
+    the name. Placeholders must be separated by text (``{a}{b}`` has no single reading).
+    """
 
     text: str
     fields: frozenset[str]
@@ -34,8 +42,15 @@ class Pattern:
             raise ValueError(f"{text!r}: braces must enclose a placeholder name such as {{i}}")
         if len(set(names)) != len(names):
             raise ValueError(f"{text!r}: a placeholder appears twice")
+        for a, b, between in zip(names, names[1:], literals[1:], strict=False):
+            if not between:
+                raise ValueError(
+                    f"{text!r}: placeholders {{{a}}} and {{{b}}} touch; separate them with "
+                    "text (such as '.' or '_') so that a name splits one way only"
+                )
         regex = re.escape(literals[0]) + "".join(
-            f"(?P<{n}>[0-9]+)" + re.escape(lit) for n, lit in zip(names, literals[1:], strict=True)
+            f"(?P<{n}>[^.{re.escape(lit[:1])}]+)" + re.escape(lit)
+            for n, lit in zip(names, literals[1:], strict=True)
         )
         return cls(text, frozenset(names), re.compile(regex))
 
