@@ -7,8 +7,8 @@ resident memory beyond what it holds after its imports, by default a quarter of 
 model: a watchdog thread kills a process that goes over, and the peak (VmHWM) is checked
 after each step too. (Resident memory, not ``RLIMIT_DATA`` or ``RLIMIT_AS``: safetensors
 maps the whole file, privately, which those count though it holds no memory.) First the
-plan of the model is printed (nothing built), and that of a Llama-3-70B-sized decoder (the
-zoo's GPT-2 scaled up: 60B parameters), with its time and memory; then, in each rank:
+plan of the model is printed (nothing built), and that of Llama-3-70B (the zoo's llama at
+its public sizes), with its time and memory; then, in each rank:
 
 - build: ``mf.build(cfg, mesh=mesh)``; two parameters are checked against the
   checkpoint that one process (no limit) wrote beforehand, bit for bit;
@@ -125,10 +125,11 @@ def one_process(a: argparse.Namespace) -> None:
     (a.dir / "one.json").write_text(json.dumps(result))
 
 
-# A Llama-3-70B-sized decoder, as the zoo's GPT-2 scaled up (60B parameters: no grouped
-# KV heads, a plain MLP): what plans "in seconds, in under 1 GB".
-BIG = ["model=gpt2", "n_layer=80", "d_model=8192", "n_head=64", "d_ff=28672"]
-BIG += ["vocab_size=128256", "max_len=8192", "input_shape=[1,8192]", "device.dtype=bfloat16"]
+# Llama-3-70B (the zoo's llama at its public sizes: 70.6B parameters): what plans "in
+# seconds, in under 1 GB".
+BIG = ["model=llama", "n_layer=80", "d_model=8192", "n_head=64", "n_kv_head=8", "d_ff=28672"]
+BIG += ["vocab_size=128256", "max_len=8192", "rope_theta=500000", "norm_eps=1e-5"]
+BIG += ["input_shape=[1,8192]", "device.dtype=bfloat16"]
 
 
 def plan_big(out: Path) -> None:
