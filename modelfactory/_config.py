@@ -50,11 +50,13 @@ def to_plain(cfg: Any) -> Any:
     return resolve(cfg).tree
 
 
-def normalize(cfg: Any) -> BuildConfig:
+def normalize(cfg: Any, *, seed: Any = None, device: Any = None, dtype: Any = None) -> BuildConfig:
     """Check the top level of a full config (or wrap a bare model node) and fill defaults.
 
     Top-level keys beyond ``BUILD_KEYS`` are knobs when an interpolation uses them (their
-    values are kept in ``knobs``), else errors naming the key.
+    values are kept in ``knobs``), else errors naming the key. ``seed``, ``device`` and
+    ``dtype`` (``build``'s keywords), when not ``None``, replace ``seed``, ``device.device``
+    and ``device.dtype`` before anything is checked: they are checked as those keys are.
     """
     r = resolve(cfg)
     plain = r.tree
@@ -64,6 +66,7 @@ def normalize(cfg: Any) -> BuildConfig:
         raise ConfigError(
             [("", "expected a full config with a 'model' key, or a model node with '_target_'")]
         )
+    plain = _with_keywords(plain, seed, {"device": device, "dtype": dtype})
     problems: list[tuple[str, str]] = []
     knobs = _knobs(plain, r, problems)
     problems += model_in_model(plain)
@@ -105,6 +108,18 @@ def normalize(cfg: Any) -> BuildConfig:
         resolved={k: full[k] for k in BUILD_KEYS if k in full},
         knobs=knobs,
     )
+
+
+def _with_keywords(plain: dict[str, Any], seed: Any, placement: dict[str, Any]) -> dict[str, Any]:
+    """``plain`` with ``build``'s keywords in place (a new dict: the tree is the caller's)."""
+    placement = {k: v for k, v in placement.items() if v is not None}
+    if seed is None and not placement:
+        return plain
+    out = {**plain, **({"seed": seed} if seed is not None else {})}
+    section = out.get("device")
+    if placement and (section is None or isinstance(section, dict)):  # else _section says so
+        out["device"] = {**(section or {}), **placement}
+    return out
 
 
 def _knobs(plain: dict[str, Any], r: Resolved, problems: list[tuple[str, str]]) -> dict[str, Any]:

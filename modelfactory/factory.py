@@ -40,9 +40,10 @@ def build(
     Args:
         cfg: a full config (``model``/``init``/``tie``/``device``/``seed``/...) or a bare model
             node, as a ``DictConfig``, a dict or a path to a YAML file. Not modified.
-        device: overrides ``device.device``.
-        dtype: overrides ``device.dtype``.
-        seed: overrides ``seed``.
+        device: overrides ``device.device`` (checked as that key is).
+        dtype: overrides ``device.dtype`` (checked as that key is).
+        seed: overrides ``seed`` (checked as that key is: an integer from -2**63 to
+            2**64 - 1).
 
     Returns:
         The model, with every parameter initialized (lazy layers materialized when
@@ -54,9 +55,7 @@ def build(
         ConfigError: the config is not well-formed (every problem listed with its path).
         BuildError: a block failed to construct or run on the sample input.
     """
-    bc = normalize(cfg)
-    overrides = {"device": device, "dtype": dtype, "seed": seed}
-    bc = replace(bc, **{k: v for k, v in overrides.items() if v is not None})
+    bc = normalize(cfg, seed=seed, device=device, dtype=dtype)  # checked as the config keys
     bc.resolved = {
         **bc.resolved,
         "seed": bc.seed,
