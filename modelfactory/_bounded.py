@@ -16,7 +16,11 @@ import stat
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OverBound", "check_yaml", "excerpt", "read_capped"]
+__all__ = ["MAX_YAML_NODES", "OverBound", "check_yaml", "excerpt", "read_capped"]
+
+# Nodes a YAML config or conversion file may expand to: OmegaConf builds about 5,000 nodes a
+# second on a busy 2-core machine, and a GPT-2 config has about 100.
+MAX_YAML_NODES = 50_000
 
 
 class OverBound(ValueError):
