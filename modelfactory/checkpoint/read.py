@@ -334,7 +334,7 @@ def _float_dtype(dtype: str | torch.dtype | None, path: Pathish) -> torch.dtype 
         name = str(cast).removeprefix("torch.")
         raise CheckpointError(
             checkpoint_paths(path)[0],
-            f"load(dtype={name!r}): expected a floating dtype such as 'float32' or "
-            f"'bfloat16', got {name}",
+            f"load(dtype={dtype if isinstance(dtype, str) else name!r}): expected a floating "
+            f"dtype such as 'float32' or 'bfloat16', got {name}",
         )
     return cast
