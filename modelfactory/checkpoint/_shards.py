@@ -32,7 +32,15 @@ from ._commit import JOURNAL, recover
 from ._config_copy import read_copy
 from ._schema import short
 
-__all__ = ["INDEX_FILE", "parse_size", "plan", "read_sharded", "sharded_files", "verify_sharded"]
+__all__ = [
+    "INDEX_FILE",
+    "parse_size",
+    "plan",
+    "read_sharded",
+    "sharded_files",
+    "verify_sharded",
+    "weight_map",
+]
 
 T = TypeVar("T")
 INDEX_FILE = "model.safetensors.index.json"
@@ -154,13 +162,29 @@ def _index_doc(
     return doc, wmap
 
 
+def weight_map(index_file: Path) -> dict[str, str]:
+    """The ``weight_map`` of an index, modelfactory's or another tool's (``save_pretrained``),
+    read as a checkpoint's is: at most ``INDEX_MAX`` bytes, JSON nested too deeply refused,
+    shards named by plain file names beside it.
+
+    Raises:
+        CheckpointError: naming the index.
+    """
+    try:
+        fh = open(index_file, "rb")  # noqa: SIM115 (closed below)
+    except OSError as e:
+        raise CheckpointError(index_file, f"cannot open it ({e})") from e
+    with fh:
+        return _index_doc(index_file, fh, None)[1]
+
+
 def _in_set(file: Path, doc: dict | None, read: Callable[[], Any]) -> Any:
     """``read()`` of a shard, whose header (``read()[0]`` or ``read()``) must be of ``doc``'s
     set; a shard that is gone or of another save means the set changed under the reader."""
     try:
         result = read()
     except CheckpointError as e:
-        if not file.is_file():  # removed by a save switching sets: read the set again
+        if not os.path.lexists(file):  # removed by a save switching sets: read the set again
             raise _Changed(file, "missing shard: expected by model.safetensors.index.json") from e
         raise
     header = result[0] if isinstance(result, tuple) else result
