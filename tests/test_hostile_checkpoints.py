@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 import modelfactory as mf
@@ -347,3 +348,18 @@ def test_restored_input_shape_is_bounded(shape: Any, good: Path, tmp_path: Path)
     )
     with pytest.raises(CheckpointError, match=r"(?s)bad\.safetensors.*input_shape"):
         mf.load(bad)
+
+
+def test_knob_names_and_values_from_a_file_cannot_add_lines_to_a_resaved_copy(
+    good: Path, tmp_path: Path
+):
+    """Names are data: the knobs' header comment of config.yaml stays one comment line."""
+    knobs = {"width": 8, "evil\nseed: 99": 1, "para\u2029graph": "a\nb", "nel\x85x": [1]}
+    bad = rewrite(good, tmp_path / "knobs.safetensors", lambda d: d.update(knobs=knobs))
+    model = mf.load(bad)
+    mf.save(model, tmp_path / "again")
+    text = (tmp_path / "again/config.yaml").read_text()
+    comments = [line for line in text.splitlines() if line.startswith("#")]
+    assert len(comments) == 2 and "width=8" in comments[1] and '"evil\\nseed: 99"=1' in comments[1]
+    assert yaml.safe_load(text) == mf.config_of(model)  # no key added, none changed
+    assert mf.load(tmp_path / "again").state_dict().keys() == model.state_dict().keys()
