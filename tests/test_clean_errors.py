@@ -59,6 +59,22 @@ def test_lists_400_deep_in_a_checkpoint_are_a_checkpoint_error(tmp_path: Path):
         mf.load(bad)
 
 
+FLEXIBLE = {"_target_": "tests.user_blocks.Flexible", "_recursive_": False, "width": 2}
+
+
+@pytest.mark.parametrize("depth", [250, 600])  # 600: a RecursionError while constructing
+def test_deep_plain_values_under_recursive_false_are_config_and_checkpoint_errors(
+    depth: int, tmp_path: Path
+):
+    with pytest.raises(ConfigError, match=r"model\.extra: config nests deeper than 200 levels"):
+        mf.build({"model": {**FLEXIBLE, "extra": _deep_list(depth)}})
+    good = mf.save(mf.build({"model": {**FLEXIBLE, "extra": [1]}}), tmp_path / "good.safetensors")
+    node = {**FLEXIBLE, "extra": _deep_list(depth)}
+    bad = rewrite(good, tmp_path / "bad.safetensors", lambda d: d["config"].update(model=node))
+    with pytest.raises(CheckpointError, match=r"(?s)bad\.safetensors.*model\.extra: config nests"):
+        mf.load(bad, trusted=["tests.*"])
+
+
 @pytest.mark.parametrize("seed", [2**64, -(2**63) - 1, 10**40])
 def test_a_seed_torch_cannot_take_is_a_config_error(seed: int):
     with pytest.raises(
