@@ -101,11 +101,11 @@ def check_yaml(text: str, *, max_depth: int, max_nodes: int, aliases: bool = Tru
 
 
 _EXCERPT = reprlib.Repr()
-_EXCERPT.maxlevel, _EXCERPT.maxstring, _EXCERPT.maxother = 3, 80, 80
-_EXCERPT.maxlist = _EXCERPT.maxtuple = _EXCERPT.maxdict = _EXCERPT.maxset = 4
+_EXCERPT.maxlevel, _EXCERPT.maxstring, _EXCERPT.maxother = 2, 100, 100
+_EXCERPT.maxlist = _EXCERPT.maxtuple = _EXCERPT.maxdict = _EXCERPT.maxset = 3
 
 
 def excerpt(value: Any) -> str:
-    """``repr(value)`` cut short (a few items per level, three levels, long strings
+    """``repr(value)`` cut short (three items per level, two levels, long strings
     shortened): its cost and length are bounded whatever ``value`` holds."""
     return _EXCERPT.repr(value)
