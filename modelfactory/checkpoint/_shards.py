@@ -140,8 +140,13 @@ def _index_doc(
     wmap = index.get("weight_map") if isinstance(index, dict) else None
     ok_map = isinstance(wmap, dict) and all(isinstance(v, str) for v in wmap.values())
     if not isinstance(meta, dict) or not isinstance(meta.get(fmt.META_KEY), str):
-        if require is None and ok_map and all(_PLAIN.fullmatch(v) for v in wmap.values()):
+        odd = [v for v in wmap.values() if not _PLAIN.fullmatch(v)] if ok_map else []
+        if require is None and ok_map and not odd:
             return None, wmap  # another tool's index (save_pretrained): plain tensors
+        if require is None and odd:
+            raise CheckpointError(
+                index_file, f"shard {short(odd[0])} is not a .safetensors file name beside it"
+            )
         raise CheckpointError(
             index_file,
             "not a modelfactory index: expected 'metadata' with a 'modelfactory' entry (written "
