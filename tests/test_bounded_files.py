@@ -231,3 +231,5 @@ def test_a_crafted_file_is_a_clean_error_in_bounded_work(
     assert report["peak_mb"] < PEAK_MB, f"{case}: {report['peak_mb']:.0f} MB more at its peak"
     if "shard that is" in case:
         assert "not a regular file" in error["message"]
+    if "too long" in case:
+        assert "cannot look it up (File name too long)" in error["message"]

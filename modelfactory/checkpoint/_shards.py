@@ -189,13 +189,24 @@ def _in_set(file: Path, doc: dict | None, read: Callable[[], Any]) -> Any:
     try:
         result = read()
     except CheckpointError as e:
-        if not os.path.lexists(file):  # removed by a save switching sets: read the set again
+        if _gone(file):  # removed by a save switching sets: read the set again
             raise _Changed(file, "missing shard: expected by model.safetensors.index.json") from e
         raise
     header = result[0] if isinstance(result, tuple) else result
     if doc is not None and header.meta.get(SET_KEY) != doc["digest"]:
         raise _Changed(file, "belongs to another save than model.safetensors.index.json beside it")
     return result
+
+
+def _gone(file: Path) -> bool:
+    """No file there (a FIFO or a name too long is there, and wrong: not gone)."""
+    try:
+        os.lstat(file)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _read_shard(
