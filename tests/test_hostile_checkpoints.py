@@ -158,10 +158,10 @@ def test_huge_and_deeply_nested_configs_fail_fast(good: Path, tmp_path: Path):
             raw = json.dumps({"format_version": 1, "kind": "model", "config": {"model": "@@"}})
             bad = tmp_path / "deep.safetensors"
             save_file(load_file(good), bad, metadata={"modelfactory": raw.replace('"@@"', text)})
-        t = time.perf_counter()
+        t = time.process_time()  # this process's CPU: a busy machine does not stretch it
         with pytest.raises(CheckpointError) as e:
             mf.load(bad)
-        assert time.perf_counter() - t < 30  # bounded: a clear error, not a hang
+        assert time.process_time() - t < 30  # bounded: a clear error, not a hang
         assert str(bad) in str(e.value)
         assert ("more than the 50,000" if name == "wide" else "nests too deep") in str(e.value)
 
