@@ -81,11 +81,29 @@ def _foreign(d: Path, shards: dict[str, str] | None = None, **files: str) -> Pat
     return d
 
 
+LONG = "s" * 300 + ".safetensors"  # longer than a file name may be (255 bytes)
+
+
+def _foreign_dirs(tmp: Path) -> dict[str, Path]:
+    """Foreign directories with a hostile index, config.json or shard."""
+    d = {
+        "deep_index": _foreign(tmp / "deep_index", shards={}),
+        "deep_config": _foreign(tmp / "deep_config", config_json=DEEP),
+        "big_config": _foreign(tmp / "big_config", config_json=" " * (2 << 20) + "{}"),
+        "fifo": _foreign(tmp / "fifo", shards={"a.safetensors": "fifo"}),
+        "device": _foreign(tmp / "device", shards={"a.safetensors": "device"}),
+        "directory": _foreign(tmp / "directory", shards={"a.safetensors": "directory"}),
+        "long": _foreign(tmp / "long", shards={LONG: "absent"}),
+    }
+    (d["deep_index"] / "model.safetensors.index.json").write_text(DEEP)
+    return d
+
+
 def _craft(tmp: Path) -> dict[str, tuple[str, str]]:
     """Each case: (Python expression run in the child, the file its error must name)."""
     conv = tmp / "lin.yaml"
     conv.write_text(CONVERSION)
-    ckpt = tmp / "journal"
+    ckpt, d = tmp / "journal", _foreign_dirs(tmp)
     mf.save(mf.build({"model": lin(2, 2)}), ckpt)
     (ckpt / ".modelfactory-switch.json").write_text(DEEP)
     deep_conv = tmp / "deep_conversion.yaml"
@@ -106,17 +124,6 @@ def _craft(tmp: Path) -> dict[str, tuple[str, str]]:
     deep_ckpt = rewrite(
         good, tmp / "deep_plain.safetensors", lambda d: d["config"].update(model=node)
     )
-    long = "s" * 300 + ".safetensors"
-    d = {
-        "deep_index": _foreign(tmp / "deep_index", shards={}),
-        "deep_config": _foreign(tmp / "deep_config", config_json=DEEP),
-        "big_config": _foreign(tmp / "big_config", config_json=" " * (2 << 20) + "{}"),
-        "fifo": _foreign(tmp / "fifo", shards={"a.safetensors": "fifo"}),
-        "device": _foreign(tmp / "device", shards={"a.safetensors": "device"}),
-        "directory": _foreign(tmp / "directory", shards={"a.safetensors": "directory"}),
-        "long": _foreign(tmp / "long", shards={long: "absent"}),
-    }
-    (d["deep_index"] / "model.safetensors.index.json").write_text(DEEP)
 
     def weights(directory: Path, conversion: Path = conv) -> str:
         return f"mf.load_weights(model, {str(directory)!r}, convert={str(conversion)!r})"
@@ -143,8 +150,8 @@ def _craft(tmp: Path) -> dict[str, tuple[str, str]]:
         "shard that is a FIFO": (weights(d["fifo"]), shard),
         "shard that is a device": (weights(d["device"]), shard),
         "shard that is a directory": (weights(d["directory"]), shard),
-        "shard name too long, native": (call("load_tensors", d["long"]), long),
-        "shard name too long, convert=": (weights(d["long"]), long),
+        "shard name too long, native": (call("load_tensors", d["long"]), LONG),
+        "shard name too long, convert=": (weights(d["long"]), LONG),
         "deep plain value, YAML config": (call("build", deep_plain), deep_plain.name),
         "deep plain value, checkpoint": (
             call("load", deep_ckpt, ", trusted=['tests.*']"),
