@@ -141,24 +141,6 @@ def test_joblib_launcher_gives_the_same_checksums(basic_sweep, tmp_path: Path) -
     ]
 
 
-def test_a_job_failing_under_joblib_ends_in_its_own_error(tmp_path: Path) -> None:
-    """The job's ConfigError travels back from the worker (errors pickle), not a
-    BrokenProcessPool (hydra.verbose=true lets the job raise it instead of recording it)."""
-    r = run(
-        tmp_path,
-        "-m",
-        "seed=x",
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-        "hydra.verbose=true",
-        "hydra.sweep.dir=outputs/sweep",
-    )
-    assert r.returncode == 1
-    assert "modelfactory.errors.ConfigError: Config is not well-formed:" in r.stderr, r.stderr
-    assert "seed: expected an integer, got 'x'" in r.stderr
-    assert "BrokenProcessPool" not in r.stderr and "unpack" not in r.stderr
-
-
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs the 'ray' extra")
 def test_ray_launcher_on_local_ray_gives_the_same_checksums(basic_sweep, tmp_path: Path) -> None:
     sweep_dir, _ = basic_sweep

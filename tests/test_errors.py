@@ -6,6 +6,8 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable
 
+import pytest
+
 import modelfactory.errors as errors
 from modelfactory.errors import (
     ArgumentError,
@@ -53,3 +55,20 @@ def test_the_trust_error_names_its_fix_apart() -> None:
     e = UntrustedTargetError("/tmp/x", "names 'os.system'.")
     assert str(e) == f"/tmp/x: names 'os.system'. {errors.UntrustedTargetError.FIX}"
     assert e.reason == "names 'os.system'." and "trusted=['mypkg.*']" in e.fix
+
+
+def _fail(cls_name: str) -> None:
+    """A job that fails (run in a joblib worker: imported there by name)."""
+    raise SAMPLES[getattr(errors, cls_name)]()
+
+
+def test_a_job_failing_in_a_joblib_worker_ends_in_its_own_error() -> None:
+    """As under Hydra's joblib launcher: the worker's error is pickled back to the parent,
+    which raised BrokenProcessPool when the error did not unpickle."""
+    joblib = pytest.importorskip("joblib")
+    for name in ("ConfigError", "CheckpointError", "UntrustedTargetError"):
+        with pytest.raises(getattr(errors, name)) as e:
+            joblib.Parallel(n_jobs=2, backend="loky")(
+                joblib.delayed(_fail)(n) for n in (name, name)
+            )
+        assert str(e.value) == str(SAMPLES[getattr(errors, name)]())
