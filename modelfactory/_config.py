@@ -52,7 +52,14 @@ def to_plain(cfg: Any) -> Any:
     return resolve(cfg).tree
 
 
-def normalize(cfg: Any, *, collect: bool = False) -> BuildConfig:
+def normalize(
+    cfg: Any,
+    *,
+    collect: bool = False,
+    seed: Any = None,
+    device: Any = None,
+    dtype: Any = None,
+) -> BuildConfig:
     """Check the top level of a full config (or wrap a bare model node) and fill defaults.
 
     Top-level keys beyond ``BUILD_KEYS`` are knobs when an interpolation uses them (their
@@ -63,6 +70,9 @@ def normalize(cfg: Any, *, collect: bool = False) -> BuildConfig:
         cfg: the config, in any form :func:`modelfactory.build` takes.
         collect: interpolations that do not resolve go to ``problems`` instead of raising,
             to be reported with the model's other problems.
+        seed, device, dtype: ``build``'s keywords: when not ``None`` they replace ``seed``,
+            ``device.device`` and ``device.dtype`` before anything is checked, and are
+            checked as those keys are.
     """
     r = resolve(cfg, collect=collect)
     plain = r.tree
@@ -72,6 +82,7 @@ def normalize(cfg: Any, *, collect: bool = False) -> BuildConfig:
         raise ConfigError(
             [("", "expected a full config with a 'model' key, or a model node with '_target_'")]
         )
+    plain = _with_keywords(plain, seed, {"device": device, "dtype": dtype})
     problems = model_in_model(plain)
     knobs = {k: v for k, v in r.knobs.items() if k not in BUILD_KEYS}
     knobs.update({k: v for k, v in plain.items() if k in r.used and k not in BUILD_KEYS})
@@ -114,6 +125,18 @@ def normalize(cfg: Any, *, collect: bool = False) -> BuildConfig:
         knobs=knobs,
         problems=r.problems,
     )
+
+
+def _with_keywords(plain: dict[str, Any], seed: Any, placement: dict[str, Any]) -> dict[str, Any]:
+    """``plain`` with ``build``'s keywords in place (a new dict: the tree is the caller's)."""
+    placement = {k: v for k, v in placement.items() if v is not None}
+    if seed is None and not placement:
+        return plain
+    out = {**plain, **({"seed": seed} if seed is not None else {})}
+    section = out.get("device")
+    if placement and (section is None or isinstance(section, dict)):  # else _section says so
+        out["device"] = {**(section or {}), **placement}
+    return out
 
 
 def without_overlaps(

@@ -14,12 +14,15 @@ call, as Hydra does.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from ._bounded import MAX_YAML_NODES, OverBound, check_yaml
 from ._interpolation import unresolved
 from ._knobs import referenced_top_keys
 from ._spec import MAX_DEPTH
@@ -337,11 +340,17 @@ def _natural(path: str) -> list[Any]:
 
 
 def _load_yaml(path: str | os.PathLike) -> Any:
+    """A YAML config file, its size as expanded (aliases at each use) and depth checked on
+    its events before OmegaConf builds it (an alias bomb would take hours and all memory)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        return OmegaConf.load(path)
+        text = Path(path).read_text(encoding="utf-8")
+        check_yaml(text, max_depth=MAX_DEPTH, max_nodes=MAX_YAML_NODES)
+        return OmegaConf.load(io.StringIO(text))
+    except OverBound as e:
+        raise ConfigError([(str(path), f"config {e}")]) from e
     except FileNotFoundError as e:
         raise ConfigError([(str(path), "no such config file")]) from e
     except Exception as e:

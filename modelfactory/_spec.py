@@ -307,7 +307,29 @@ def _target_info(name: Any, path: str, problems: list[tuple[str, str]]) -> _Targ
 def _raw(
     v: Any, path: str, component: str, problems: list, depth: int, siblings: Any
 ) -> tuple[Any, bool]:
-    return (Raw(v), True) if isinstance(v, (dict, list)) else (v, False)
+    """A value under ``_recursive_: false``: passed as it is, but no deeper than any config
+    (construction copies it, recursively)."""
+    if not isinstance(v, (dict, list)):
+        return v, False
+    if depth + _levels(v, MAX_DEPTH - depth) > MAX_DEPTH:
+        problems.append((path, f"config nests deeper than {MAX_DEPTH} levels"))
+        return None, False
+    return Raw(v), True
+
+
+def _levels(v: Any, limit: int) -> int:
+    """How many levels of lists and mappings ``v`` nests (counted without recursion, and
+    only up to ``limit + 1``: enough to tell it is too deep)."""
+    deepest, stack = 0, [(v, 1)]
+    while stack:
+        x, level = stack.pop()
+        if level > deepest:
+            deepest = level
+            if deepest > limit:
+                break
+        children = x.values() if isinstance(x, dict) else x
+        stack.extend((c, level + 1) for c in children if isinstance(c, (dict, list)))
+    return deepest
 
 
 def _parse_value(

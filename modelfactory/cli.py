@@ -12,25 +12,22 @@ Errors are one paragraph; ``hydra.verbose=true`` shows the traceback instead.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import logging
 import os
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._app.patching import replaced
+from ._app.startup import COLLECTOR
 from .configs import compose_error_text, conf_dir
-from .errors import ConfigError, ModelFactoryError
+from .errors import ConfigError, ModelFactoryError, UntrustedTargetError
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-# Hydra and OmegaConf are imported by main, once the collector is paused (_StartupCollector).
+# Hydra and OmegaConf are imported by main, once run() paused the collector (_app.startup).
 
 __all__ = ["main", "run"]
 
@@ -55,53 +52,6 @@ def _verbose(cfg: DictConfig | None = None) -> bool:
     return False
 
 
-class _StartupCollector:
-    """How the console script runs Python's cyclic garbage collector in its own process.
-
-    Starting, the command imports Hydra, OmegaConf and torch: hundreds of thousands of
-    long-lived objects and almost no garbage (about 14,000 objects). Each full collection
-    during those imports walks everything imported so far (about 0.2 s in all, on torch's
-    import alone), so the collector is off until torch is in (or a sweep starts: its jobs
-    may run in other processes); then what is alive is frozen (:func:`gc.freeze`) and the
-    collector back on. Later collections skip the frozen objects, and so does the one
-    the interpreter makes as it exits (about 0.3 s otherwise). Only :func:`run`, the process
-    itself, does this: frozen garbage is never freed, so :func:`main` called in a process of
-    the caller's leaves the collector alone.
-    """
-
-    def __init__(self) -> None:
-        self._paused = False
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        self._paused = gc.isenabled()
-        gc.disable()  # before Hydra is imported: its import is a third of the command's own
-        from hydra._internal.hydra import Hydra
-
-        multirun = Hydra.multirun
-
-        def sweeping(hydra: Any, *args: Any, **kwargs: Any) -> Any:
-            self.started()  # a sweep: its jobs may run elsewhere, this process needs it
-            return multirun(hydra, *args, **kwargs)
-
-        try:
-            with replaced(Hydra, "multirun", sweeping):
-                yield
-        finally:
-            self.started()
-            gc.freeze()  # the process ends now: spare its last collection the walk
-
-    def started(self) -> None:
-        """The imports are done: freeze what they made and collect again (once)."""
-        if self._paused:
-            gc.freeze()
-            gc.enable()
-            self._paused = False
-
-
-_COLLECTOR = _StartupCollector()
-
-
 def _task(cfg: DictConfig) -> dict[str, Any] | None:
     """One job. In a multirun, a failure is recorded in the job dir (``error.json``) and the
     job returns normally, so the other jobs and the sweep report still run."""
@@ -110,7 +60,7 @@ def _task(cfg: DictConfig) -> dict[str, Any] | None:
 
     from ._app import job  # and torch with it
 
-    _COLLECTOR.started()
+    COLLECTOR.started()
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
@@ -141,13 +91,13 @@ def _task(cfg: DictConfig) -> dict[str, Any] | None:
     except Exception as e:
         if _verbose(cfg) or not (isinstance(e, ModelFactoryError) or hc.mode == RunMode.MULTIRUN):
             raise  # a bug, not bad input: keep the traceback
-        message = _one_paragraph(f"modelfactory: error: {e}")
-        log.error("%s", message)
+        text = _cli_text(e)
+        log.error("%s", _one_paragraph(f"modelfactory: error: {text}"))
         if not isinstance(e, ModelFactoryError):
             log.debug("%s", traceback.format_exc())
         if hc.mode == RunMode.MULTIRUN:
             (out_dir / job.ERROR_FILE).write_text(
-                json.dumps({"error": str(e), "type": type(e).__name__})
+                json.dumps({"error": text, "type": type(e).__name__})
             )
             return None
         raise SystemExit(2 if isinstance(e, ConfigError) else 1) from e
@@ -159,36 +109,15 @@ def _hydra_error(e: Exception) -> str:
     return _one_paragraph("\n".join(lines))
 
 
-# Command-line arguments after which the primary config may be the user's (and so may set
-# ``hydra.mode``): Hydra's --config-dir, --config-name and --config-path, long and short.
-_OWN_CONFIG_FLAGS = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp")
+# The fix an UntrustedTargetError names, as the command line spells it.
+TRUST_FIX = "Add 'trusted=[mypkg.*]' to the command line, only for files you trust."
 
 
-def mode_is_unset(argv: Sequence[str]) -> bool:
-    """True when the composed config cannot set ``hydra.mode``: no shipped config sets it, and
-    the command line neither overrides it nor brings configs of the user's."""
-    return not any(arg.startswith(_OWN_CONFIG_FLAGS) or "hydra.mode" in arg for arg in argv)
-
-
-@contextlib.contextmanager
-def _no_mode_probe(argv: Sequence[str]) -> Iterator[None]:
-    """Spare Hydra the composition it does only to read ``hydra.mode``.
-
-    Hydra 1.3's ``Hydra.get_mode`` composes the whole config to read ``hydra.mode`` and
-    throws it away; ``run``/``multirun`` then compose it again (hydra issue #3440). When
-    :func:`mode_is_unset`, that probe can only answer ``None``, and ``None`` is what this
-    gives without composing: ``-m`` alone picks the mode, exactly as before.
-    """
-    try:
-        from hydra._internal.hydra import Hydra
-    except ImportError:  # another Hydra layout: keep its own probe
-        yield
-        return
-    if not mode_is_unset(argv):
-        yield
-        return
-    with replaced(Hydra, "get_mode", lambda self, config_name, overrides: None):
-        yield
+def _cli_text(e: Exception) -> str:
+    """An error's message with the command line's spelling where Python's would mislead."""
+    if isinstance(e, UntrustedTargetError):
+        return str(UntrustedTargetError(e.file, e.reason, fix=TRUST_FIX))
+    return str(e)
 
 
 def main() -> None:
@@ -196,11 +125,28 @@ def main() -> None:
     through :func:`run`).
 
     Like ``python -m`` and ``python script.py``, the command imports modules from the current
-    directory: a ``_target_: myblocks.MyBlock`` finds ``./myblocks.py``.
+    directory: a ``_target_: myblocks.MyBlock`` finds ``./myblocks.py``. Called in a process
+    of the caller's, it leaves ``sys.path`` and ``os.environ`` as they were.
     """
-    if os.getcwd() not in sys.path:  # a console script's sys.path[0] is its bin/ directory
-        sys.path.insert(0, os.getcwd())
+    path, full_error = list(sys.path), os.environ.get("HYDRA_FULL_ERROR")
+    try:
+        if os.getcwd() not in sys.path:  # a console script's sys.path[0] is its bin/ directory
+            sys.path.insert(0, os.getcwd())
+        # Let Hydra's own errors (a bad override, an unknown option) reach us, so that they
+        # are reported in one paragraph like ours instead of with Hydra's multi-part message.
+        os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+        _app()
+    finally:
+        sys.path[:] = path
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
+
+
+def _app() -> None:
     import hydra
+    import yaml
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -209,15 +155,12 @@ def main() -> None:
     register()  # ${mf.calc:...} resolves in Hydra's job too (--cfg job --resolve, the app)
 
     app = hydra.main(config_path=str(conf_dir()), config_name=APP_CONFIG, version_base="1.3")(_task)
-    # Let Hydra's own errors (a bad override, an unknown option) reach us, so that they are
-    # reported in one paragraph like ours instead of with Hydra's multi-part message.
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     from ._app.sharded import quiet_ranks
 
     try:
-        with _no_mode_probe(sys.argv[1:]), quiet_ranks():
+        with quiet_ranks():
             app()
-    except (HydraException, OmegaConfBaseException) as e:
+    except (HydraException, OmegaConfBaseException, yaml.YAMLError) as e:  # YAML: a group file
         if _verbose():
             raise
         sys.stderr.write(_hydra_error(e) + "\n")
@@ -226,14 +169,9 @@ def main() -> None:
 
 def run() -> None:
     """The ``modelfactory`` console script: :func:`main` in a process of its own, the cyclic
-    collector paused while it starts (:class:`_StartupCollector`) and compositions kept for
-    the next run (``modelfactory._app.composition``; a caller of :func:`main` may register
-    structured configs in code, which the cache could not see change)."""
-    with _COLLECTOR.paused():
-        from ._app import composition
-
-        with composition.cached():
-            main()
+    collector paused while it starts (``modelfactory._app.startup``)."""
+    with COLLECTOR.paused():
+        main()
 
 
 if __name__ == "__main__":

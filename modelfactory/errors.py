@@ -8,10 +8,26 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
 
 class ModelFactoryError(Exception):
-    """Base class of every error modelfactory raises on bad input."""
+    """Base class of every error modelfactory raises on bad input.
+
+    Every subclass pickles with its type, message and attributes (a sweep job's error
+    travels back from a launcher's process), whatever its constructor takes.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuilt, (type(self), self.args, self.__dict__)
+
+
+def _rebuilt(cls: type[ModelFactoryError], args: tuple, state: dict[str, Any]) -> Exception:
+    """An unpickled error: made without calling its constructor, as it was."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigError(ModelFactoryError, ValueError):
@@ -69,7 +85,17 @@ class CheckpointError(ModelFactoryError, OSError):
 
 
 class UntrustedTargetError(CheckpointError):
-    """A checkpoint's config names a ``_target_`` outside the trusted prefixes."""
+    """A checkpoint's config names a ``_target_`` outside the trusted prefixes.
+
+    ``reason`` is the message without its last sentence, ``fix``, which says how to trust a
+    prefix as a caller of ``load`` does (the command line spells it its own way).
+    """
+
+    FIX = "Pass trusted=['mypkg.*'] to load(), only for files you trust."
+
+    def __init__(self, file: object, reason: str, fix: str = FIX) -> None:
+        self.reason, self.fix = reason, fix
+        super().__init__(file, f"{reason} {fix}")
 
 
 def path_join(base: str, key: object) -> str:

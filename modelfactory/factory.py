@@ -53,9 +53,10 @@ def build(
     Args:
         cfg: a full config (``model``/``init``/``tie``/``device``/``seed``/...) or a bare model
             node, as a ``DictConfig``, a dict or a path to a YAML file. Not modified.
-        device: overrides ``device.device``.
-        dtype: overrides ``device.dtype``.
-        seed: overrides ``seed``.
+        device: overrides ``device.device`` (checked as that key is).
+        dtype: overrides ``device.dtype`` (checked as that key is).
+        seed: overrides ``seed`` (checked as that key is: an integer from -2**63 to
+            2**64 - 1).
         mesh: a ``DeviceMesh``: build the model sharded over it with FSDP2, each rank
             allocating only its shard, the values those of a build in one process (see
             :mod:`modelfactory.distributed`); the mesh gives the device.
@@ -72,9 +73,9 @@ def build(
         ConfigError: the config is not well-formed (every problem listed with its path).
         BuildError: a block failed to construct or run on the sample input.
     """
-    bc = normalize(cfg, collect=True)
-    overrides = {"device": device, "dtype": dtype, "seed": seed}
-    bc = replace(bc, **{k: v for k, v in overrides.items() if v is not None})
+    # the keywords are checked as the config keys; interpolations that do not resolve are
+    # reported with the model's other problems
+    bc = normalize(cfg, collect=True, seed=seed, device=device, dtype=dtype)
     bc.resolved = {
         **bc.resolved,
         "seed": bc.seed,

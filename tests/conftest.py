@@ -1,21 +1,12 @@
 from __future__ import annotations
 
-import atexit
 import copy
-import os
-import shutil
-import tempfile
 from typing import Any
 
 import pytest
 from hypothesis import settings
 
 from modelfactory.configs import compose
-
-# The command keeps compositions in the user's cache directory (modelfactory/_app/composition.py):
-# the suite's runs keep theirs in a directory of the suite's own, removed at the end.
-os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="modelfactory-tests-cache-")
-atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 # Property tests: 200 generated cases in the default run; `--hypothesis-profile=slow` for 2,000.
 settings.register_profile("ci", max_examples=200)

@@ -12,9 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 import modelfactory as mf
-from modelfactory.errors import CheckpointError, ConfigError, TieError, UntrustedTargetError
+from modelfactory.errors import (
+    CheckpointError,
+    ConfigError,
+    ModelFactoryError,
+    TieError,
+    UntrustedTargetError,
+)
 
 from .conftest import RELU, lin, seq
 from .test_cli import run
@@ -52,6 +59,22 @@ def test_lists_400_deep_in_a_checkpoint_are_a_checkpoint_error(tmp_path: Path):
         mf.load(bad)
 
 
+FLEXIBLE = {"_target_": "tests.user_blocks.Flexible", "_recursive_": False, "width": 2}
+
+
+@pytest.mark.parametrize("depth", [250, 600])  # 600: a RecursionError while constructing
+def test_deep_plain_values_under_recursive_false_are_config_and_checkpoint_errors(
+    depth: int, tmp_path: Path
+):
+    with pytest.raises(ConfigError, match=r"model\.extra: config nests deeper than 200 levels"):
+        mf.build({"model": {**FLEXIBLE, "extra": _deep_list(depth)}})
+    good = mf.save(mf.build({"model": {**FLEXIBLE, "extra": [1]}}), tmp_path / "good.safetensors")
+    node = {**FLEXIBLE, "extra": _deep_list(depth)}
+    bad = rewrite(good, tmp_path / "bad.safetensors", lambda d: d["config"].update(model=node))
+    with pytest.raises(CheckpointError, match=r"(?s)bad\.safetensors.*model\.extra: config nests"):
+        mf.load(bad, trusted=["tests.*"])
+
+
 @pytest.mark.parametrize("seed", [2**64, -(2**63) - 1, 10**40])
 def test_a_seed_torch_cannot_take_is_a_config_error(seed: int):
     with pytest.raises(
@@ -63,6 +86,50 @@ def test_a_seed_torch_cannot_take_is_a_config_error(seed: int):
 def test_the_extreme_seeds_torch_takes_still_build():
     for seed in (-(2**63), 2**64 - 1):
         mf.build({"model": lin(2, 2), "seed": seed, "input_shape": [1, 2]})
+
+
+def _error_of(make: Any) -> tuple[type, str]:
+    with pytest.raises(ModelFactoryError) as e:
+        make()
+    return type(e.value), str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("seed", "3"),
+        ("seed", 1.5),
+        ("seed", 2**64),
+        ("seed", True),
+        ("device", 5),
+        ("device", "cuda:7"),
+        ("dtype", "int8"),
+        ("dtype", torch.int32),
+    ],
+)
+def test_build_keywords_are_checked_as_the_config_keys(keyword: str, value: Any):
+    cfg = {"model": lin(2, 2), "input_shape": [1, 2]}
+    key = {"seed": ("seed",), "device": ("device", "device"), "dtype": ("device", "dtype")}
+    in_config = {**cfg, "seed": value} if keyword == "seed" else {**cfg, key[keyword][0]: {}}
+    if keyword != "seed":
+        in_config["device"][key[keyword][1]] = value
+    assert _error_of(lambda: mf.build(cfg, **{keyword: value})) == _error_of(
+        lambda: mf.build(in_config)
+    )
+
+
+def test_build_keywords_that_fit_land_in_the_config_as_its_keys():
+    model = mf.build({"model": lin(2, 2)}, seed=7, device=torch.device("cpu"), dtype="float64")
+    assert model.weight.dtype == torch.float64
+    assert mf.config_of(model)["seed"] == 7
+    assert mf.config_of(model)["device"] == {"device": "cpu", "dtype": "float64"}
+
+
+def test_a_dtype_name_and_the_dtype_give_one_load_error(tmp_path: Path):
+    path = mf.save(mf.build(seq(lin(4, 2))), tmp_path / "m.safetensors")
+    by_name = _error_of(lambda: mf.load(path, dtype="int8"))
+    assert by_name == _error_of(lambda: mf.load(path, dtype=torch.int8))
+    assert by_name[0] is CheckpointError and "expected a floating dtype" in by_name[1]
 
 
 def test_a_huge_seed_on_the_command_line_is_one_paragraph_exit_2(tmp_path: Path):

@@ -143,6 +143,10 @@ def test_own_model_run_and_restore_in_a_fresh_process(own_model: Path, monkeypat
     )
     assert restored.returncode == 0, restored.stderr
     assert "knobs: width=16" in restored.stdout
+    refused = run(own_model, "restore=outputs/m", "hydra.run.dir=outputs/u")
+    said = refused.stdout + refused.stderr
+    assert refused.returncode == 1 and "'myblocks.Gated' is not under a trusted prefix" in said
+    assert "Add 'trusted=[mypkg.*]' to the command line" in said and "load()" not in said
     monkeypatch.syspath_prepend(str(own_model))
     with pytest.raises(UntrustedTargetError, match=r"myblocks\.Gated"):
         mf.load(own_model / "outputs/m")
@@ -151,6 +155,14 @@ def test_own_model_run_and_restore_in_a_fresh_process(own_model: Path, monkeypat
     bf16 = mf.load(own_model / "outputs/m", dtype="bfloat16", trusted=["myblocks.*"])
     out = job.sample_output(bf16, mf.config_of(bf16))[1]
     assert out.dtype == torch.bfloat16 and checksum_of(restored) == job.checksum(out)["sha256"]
+
+
+def test_a_yaml_error_in_an_own_group_file_is_one_paragraph(own_model: Path) -> None:
+    (own_model / "conf/model/mine.yaml").write_text("model:\n  _target_: [torch.nn.Linear\n")
+    r = run(own_model, "--config-dir", "conf", "model=mine")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("modelfactory: error: the config does not compose: while parsing")
+    assert "conf/model/mine.yaml" in r.stderr and len(r.stderr.splitlines()) == 2, r.stderr
 
 
 def test_restore_honours_placement_overrides_and_refuses_the_others() -> None:

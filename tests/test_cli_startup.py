@@ -1,5 +1,7 @@
-"""What a plain run of the command leaves out: the second composition Hydra makes only to
-read ``hydra.mode``, and the modules only sweeps, training and pictures need."""
+"""What a plain run of the command leaves out (the modules only sweeps, training and
+pictures need), what it leaves as it was (Hydra's methods; a caller's sys.path and
+environment), and the one start-up measure it keeps: the collector paused while it imports
+(modelfactory._app.startup)."""
 
 from __future__ import annotations
 
@@ -11,32 +13,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-
-from modelfactory.cli import mode_is_unset
-from modelfactory.configs import conf_dir
 
 from .test_cli import run
 
-# Runs the app's main in a fresh process, counting Hydra's compositions.
+# Runs the console script's run() in a fresh process: the collector's state and whether
+# Hydra's methods are its own when the job starts, and what was imported.
 PLAIN_RUN = """
 import json, sys
 from hydra._internal.hydra import Hydra
-composed = []
-compose = Hydra.compose_config
-def counting(self, *args, **kwargs):
-    composed.append(kwargs.get("run_mode"))
-    return compose(self, *args, **kwargs)
-Hydra.compose_config = counting
+methods = ("compose_config", "get_mode", "run", "multirun")
+own = {name: getattr(Hydra, name) for name in methods}
 import gc
 import modelfactory.cli as cli
-collector = []  # the collector's state when the job starts: on, with torch frozen
-started = cli._COLLECTOR.started
+from modelfactory._app.startup import COLLECTOR
+collector, replaced = [], []  # the collector's state when the job starts: on, torch frozen
+started = COLLECTOR.started
 def recording():
     started()
-    if not collector:  # the job's call (main calls it again as it ends)
+    if not collector:  # the job's call (run calls it again as it ends)
         collector.append([gc.isenabled(), "torch" in sys.modules, gc.get_freeze_count() > 100_000])
-cli._COLLECTOR.started = recording
+        replaced.extend(name for name in methods if getattr(Hydra, name) is not own[name])
+COLLECTOR.started = recording
 sys.argv = ["modelfactory", *sys.argv[1:]]
 try:
     cli.run()
@@ -47,7 +44,7 @@ collector.append([gc.isenabled()])
 extras = ["matplotlib", "transformers", "modelfactory._app.train",
           "modelfactory._app.tasks", "modelfactory._app.plot", "modelfactory.convert"]
 loaded = [m for m in extras if m in sys.modules]
-print(json.dumps({"composed": len(composed), "loaded": loaded, "collector": collector}))
+print(json.dumps({"replaced": replaced, "loaded": loaded, "collector": collector}))
 """
 
 
@@ -67,11 +64,13 @@ def plain_run(cwd: Path, *args: str, **env: str) -> dict[str, Any]:
     return json.loads(out.stdout.splitlines()[-1])
 
 
-def test_a_plain_run_composes_once_and_imports_nothing_it_does_not_use(tmp_path: Path) -> None:
+def test_a_plain_run_replaces_nothing_of_hydras_and_imports_nothing_it_does_not_use(
+    tmp_path: Path,
+) -> None:
     """And runs its job with the collector on: paused while Hydra and torch are imported, what
-    they made frozen (cli._StartupCollector), then back on, as after the command."""
+    they made frozen (modelfactory._app.startup), then back on, as after the command."""
     assert plain_run(tmp_path, "hydra.run.dir=outputs/plain") == {
-        "composed": 1,
+        "replaced": [],
         "loaded": [],
         "collector": [[True, True, True], [True]],
     }
@@ -79,18 +78,23 @@ def test_a_plain_run_composes_once_and_imports_nothing_it_does_not_use(tmp_path:
 
 
 # main() in a process of the caller's, and run() sweeping: the collector is left alone, and on
-# while the sweep runs (its jobs may run in a launcher's processes); only run() keeps
-# compositions.
+# while the sweep runs (its jobs may run in a launcher's processes); main() leaves the caller's
+# sys.path and environment as they were.
 COLLECTOR = """
 import gc, json, os, sys
-from hydra._internal.hydra import Hydra
 import modelfactory.cli as cli
-seen = []
-multirun = Hydra.multirun
-Hydra.multirun = lambda self, *a, **k: seen.append(gc.isenabled()) or multirun(self, *a, **k)
+from modelfactory._app.callbacks import SweepReport
+seen = []  # the collector's state once the sweep has started, before its jobs
+start = SweepReport.on_multirun_start
+def starting(self, *args, **kwargs):
+    start(self, *args, **kwargs)
+    seen.append(gc.isenabled())
+SweepReport.on_multirun_start = starting
+path, environ = list(sys.path), dict(os.environ)
 sys.argv = ["modelfactory", *sys.argv[1:]]
 getattr(cli, os.environ["ENTRY"])()
-print(json.dumps({"sweeping": seen, "frozen": gc.get_freeze_count(), "on": gc.isenabled()}))
+kept = {"path": sys.path == path, "environ": dict(os.environ) == environ}
+print(json.dumps({"sweeping": seen, "frozen": gc.get_freeze_count(), "on": gc.isenabled(), **kept}))
 """
 
 
@@ -101,10 +105,11 @@ print(json.dumps({"sweeping": seen, "frozen": gc.get_freeze_count(), "on": gc.is
 def test_the_collector_is_left_alone_in_process_and_on_while_sweeping(
     tmp_path: Path, entry: str, args: list[str], frozen: bool
 ) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     out = subprocess.run(
         [sys.executable, "-c", COLLECTOR, *args, "hydra.sweep.dir=outputs/s"],
         cwd=tmp_path,
-        env={**os.environ, "ENTRY": entry, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        env={**env, "ENTRY": entry},
         capture_output=True,
         text=True,
         timeout=300,
@@ -113,25 +118,7 @@ def test_the_collector_is_left_alone_in_process_and_on_while_sweeping(
     got = json.loads(out.stdout.splitlines()[-1])
     assert got["on"] and bool(got["frozen"]) is frozen
     assert got["sweeping"] == ([True] if entry == "run" else [])
-    # and only the console script keeps compositions (a caller may register configs in code)
-    assert (tmp_path / "cache/modelfactory/compose").is_dir() is frozen
-
-
-@pytest.mark.parametrize(
-    ("argv", "unset"),
-    [
-        ([], True),
-        (["-m", "seed=0,1", "model=rgnet"], True),
-        (["hydra.mode=MULTIRUN", "seed=0,1"], False),
-        (["+hydra.mode=RUN"], False),
-        (["--config-dir", "conf", "model=mine"], False),
-        (["-cd=conf"], False),
-        (["--config-name", "other"], False),
-        (["-cp", "elsewhere"], False),
-    ],
-)
-def test_mode_is_unset_unless_the_command_line_may_set_it(argv: list[str], unset: bool) -> None:
-    assert mode_is_unset(argv) is unset
+    assert got["path"] and got["environ"]  # HYDRA_FULL_ERROR unset again, no cwd on sys.path
 
 
 def test_a_hydra_mode_override_still_chooses_the_mode(tmp_path: Path) -> None:
@@ -143,18 +130,24 @@ def test_a_hydra_mode_override_still_chooses_the_mode(tmp_path: Path) -> None:
     ]
 
 
-def _sets_mode(node: Any, package: list[str]) -> bool:
-    if not isinstance(node, dict):
-        return False
-    if package == ["hydra"] and "mode" in node:
-        return True
-    return any(_sets_mode(v, [*package, str(k)]) for k, v in node.items())
+SWEEPING_EXPERIMENT = """\
+# @package _global_
+hydra:
+  mode: MULTIRUN
+  sweeper:
+    params:
+      seed: 0,1
+"""
 
 
-def test_no_shipped_config_sets_hydra_mode() -> None:
-    """What lets a plain run skip Hydra's mode probe (modelfactory.cli._no_mode_probe)."""
-    for file in conf_dir().rglob("*.yaml"):
-        doc = yaml.safe_load(file.read_text())
-        parts = file.relative_to(conf_dir()).parts
-        package = ["hydra", *parts[1:-1]] if parts[0] == "hydra" else []
-        assert not _sets_mode(doc, package), file
+def test_an_experiment_file_that_sets_hydra_mode_sweeps(tmp_path: Path) -> None:
+    """As under Hydra: a config reached through hydra.searchpath may choose the mode."""
+    (tmp_path / "mine/experiment").mkdir(parents=True)
+    (tmp_path / "mine/experiment/sweep.yaml").write_text(SWEEPING_EXPERIMENT)
+    search = f"hydra.searchpath=[file://{tmp_path / 'mine'}]"
+    r = run(tmp_path, search, "+experiment=sweep", "hydra.sweep.dir=outputs/s")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.parent.name for p in (tmp_path / "outputs/s").glob("*/model.safetensors")) == [
+        "0",
+        "1",
+    ]

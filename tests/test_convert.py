@@ -134,6 +134,24 @@ def test_sharded_directory(hf_dir: Path, tmp_path: Path) -> None:
         convert.read_foreign_dir(tmp_path)
 
 
+def test_another_tools_index_has_the_native_size_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read as a checkpoint's index is (``checkpoint._shards.weight_map``): capped, and a
+    shard name that is not a plain file name beside it is refused."""
+    from modelfactory.checkpoint import _shards
+
+    index = tmp_path / convert.INDEX
+    index.write_text(json.dumps({"weight_map": {"w": "a.safetensors"}, "pad": "x" * 200}))
+    monkeypatch.setattr(_shards, "INDEX_MAX", 100)
+    with pytest.raises(CheckpointError, match=r"index\.json: is over 100 bytes: not an index"):
+        convert.read_foreign_dir(tmp_path)
+    monkeypatch.undo()
+    index.write_text(json.dumps({"weight_map": {"w": "../a.safetensors"}}))
+    with pytest.raises(CheckpointError, match=r'index\.json: shard "\.\./a\.safetensors" is not'):
+        convert.read_foreign_dir(tmp_path)
+
+
 def test_full_gpt2_shapes_on_meta(transformers: Any) -> None:
     """The shipped conversion fits the 124M model=gpt2 both ways, without allocating it."""
     model = mf.build(compose(["model=gpt2", "device=cpu", "device.device=meta"]))

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import modelfactory as mf
+from modelfactory import _bounded
 from modelfactory.checkpoint import _config_copy
 
 from .conftest import RELU, lin, seq
@@ -61,6 +62,8 @@ def _cases(tmp: Path) -> dict[str, Callable[[Path], None]]:
         "unknown tag": _text("model: !mytag {a: 1}\n"),
         "5000-digit int": _text(f"model: {'9' * 5000}\n"),
         "date": _text("model: 2024-01-01\n"),
+        "malformed timestamp": _text("model: !!timestamp soon\n"),  # AttributeError inside
+        "malformed bool": _text("model: !!bool maybe\n"),  # KeyError inside
         "billion laughs": _billion_laughs,
         "deep flow nesting": _text("[" * 100_000 + "]" * 100_000 + "\n"),
         "deep block nesting": _text("".join(f"{' ' * i}a:\n" for i in range(2000)) + "\n"),
@@ -129,6 +132,6 @@ def test_the_copy_is_never_read_beyond_the_cap(
     copy.write_text(copy.read_text() + "#" * 100)  # no longer the saved digest
     asked: list[int] = []
     real_read = os.read
-    monkeypatch.setattr(_config_copy.os, "read", lambda fd, n: asked.append(n) or real_read(fd, n))
+    monkeypatch.setattr(_bounded.os, "read", lambda fd, n: asked.append(n) or real_read(fd, n))
     mf.load(directory)
     assert asked and max(asked) <= _config_copy.MAX_COPY_BYTES + 1

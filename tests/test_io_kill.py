@@ -1,17 +1,23 @@
-"""Atomic saves under SIGKILL, and byte-identical saves across processes."""
+"""Atomic saves under SIGKILL, and byte-identical saves across processes.
+
+A writer is killed at chosen points, not at chosen times (a busy machine moves every moment):
+before each write of a file's bytes, each fsync and each rename it makes, saving a lone
+``.safetensors`` file and a checkpoint directory. Whatever point, the target reads as the
+old checkpoint or the new one, bit for bit; the old one until the commit point (the rename
+of the file; the journal of the directory's set), the new one after it.
+"""
 
 from __future__ import annotations
 
 import os
-import random
-import signal
+import shutil
 import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 
 import modelfactory as mf
@@ -22,98 +28,135 @@ CFG = {
     "model": {
         "_target_": "modelfactory.blocks.Sequential",
         "layers": [
-            {"_target_": "torch.nn.Linear", "in_features": 1024, "out_features": 4096},
+            {"_target_": "torch.nn.Linear", "in_features": 64, "out_features": 256},
             {"_target_": "torch.nn.ReLU"},
-            {"_target_": "torch.nn.Linear", "in_features": 4096, "out_features": 1024},
+            {"_target_": "torch.nn.Linear", "in_features": 256, "out_features": 64},
         ],
     },
-    "input_shape": [2, 1024],
+    "input_shape": [2, 64],
 }
+STEPS = ("write", "fsync", "replace")  # a chunk of a file's bytes, os.fsync, os.replace
 
-# A zygote: imports once, saves the seed-0 model to `first`, then on each input line forks
-# a writer that saves the seed-0 and seed-1 models to `target` in turn, forever.
+# A zygote: imports once, saves the seed-0 model to `first`; then for each input line forks
+# a writer that saves the seed-1 model to the target and kills itself just before the k-th
+# call of one step.
 ZYGOTE = f"""
-import os, sys
+import os, signal, sys
 import torch
 torch.set_num_threads(1)
 import modelfactory as mf
-cfg = {CFG!r}
-target, first = sys.argv[1], sys.argv[2]
-models = [mf.build(cfg, seed=s) for s in (0, 1)]
-mf.save(models[0], first)
-mf.save(models[0], target)
+from modelfactory.checkpoint import _writer
+models = {{s: mf.build({CFG!r}, seed=s) for s in (0, 1)}}
+mf.save(models[0], sys.argv[1])
 print("ready", flush=True)
-for _ in sys.stdin:
+
+class Writes:  # a file whose writes go through `killing`
+    def __init__(self, f, wrap):
+        self.f, self.write = f, wrap(f.write)
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        self.f.close()
+
+for line in sys.stdin:
+    target, step, k = line.split()
     pid = os.fork()
     if pid == 0:
-        i = 1
-        while True:
-            mf.save(models[i % 2], target)
-            i += 1
-    print(pid, flush=True)
-    os.waitpid(pid, 0)
-    print("reaped", flush=True)
+        calls = []
+        def killing(original):
+            def call(*args, **kw):
+                calls.append(1)
+                if len(calls) == int(k):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return original(*args, **kw)
+            return call
+        if step == "write":
+            _writer.open = lambda *a, **kw: Writes(open(*a, **kw), killing)
+        else:
+            setattr(os, step, killing(getattr(os, step)))
+        mf.save(models[1], target)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    print("killed" if os.WIFSIGNALED(status) else "finished", flush=True)
 """
 
-KILLS = 24
+
+@pytest.fixture(scope="module")
+def old(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The old checkpoints, seed 0, saved by this process: a directory and a lone file."""
+    base = tmp_path_factory.mktemp("old")
+    model = mf.build(CFG, seed=0)
+    return {
+        "dir": mf.save(model, base / "ckpt").parent,
+        "file": mf.save(model, base / "x.safetensors"),
+    }
 
 
-def test_killed_saves_leave_old_or_new_checkpoint(tmp_path: Path) -> None:
-    target, first = tmp_path / "ckpt", tmp_path / "first"
+def _fresh(old: dict[str, Path], kind: str, dst: Path) -> Path:
+    """A copy of the old checkpoint of ``kind`` in the new directory ``dst``: the target."""
+    if kind == "dir":
+        return Path(shutil.copytree(old["dir"], dst))
+    dst.mkdir()
+    return Path(shutil.copy(old["file"], dst / old["file"].name))
+
+
+def test_a_save_killed_at_any_point_leaves_the_old_checkpoint_or_the_new(
+    old: dict[str, Path], tmp_path: Path
+) -> None:
+    expected = {s: mf.build(CFG, seed=s).state_dict() for s in (0, 1)}
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "123"}
     proc = subprocess.Popen(
-        [sys.executable, "-c", ZYGOTE, str(target), str(first)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    expected = {s: mf.build(CFG, seed=s).state_dict() for s in (0, 1)}
-    rng = random.Random(0)
-    seen_seeds, mid_write = set(), 0
+        [sys.executable, "-c", ZYGOTE, str(tmp_path / "first")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    seen = {(kind, step): [] for kind in ("file", "dir") for step in STEPS}
     try:
         assert proc.stdout.readline().strip() == "ready"
-        # Byte-identical across processes: this process saves the same model.
-        mf.save(mf.build(CFG, seed=0), tmp_path / "mine")
+        # Byte-identical across processes: the zygote saved the same seed-0 model.
         for name in ("model.safetensors", "config.yaml"):
-            assert (tmp_path / "mine" / name).read_bytes() == (first / name).read_bytes()
-        for i in range(KILLS):
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-            pid = int(proc.stdout.readline())
-            if i % 2:  # at a random moment
-                time.sleep(rng.uniform(0.0, 0.5))
-            else:  # while it writes: soon after its temporary file appears
-                _wait_for(lambda: any(target.glob(".model.safetensors.*.tmp")))
-                time.sleep(rng.uniform(0.0, 0.01))
-            os.kill(pid, signal.SIGKILL)
-            assert proc.stdout.readline().strip() == "reaped"
-            mid_write += any(target.glob(".*.tmp"))  # left for the next save to clean up
-            with warnings.catch_warnings():
-                # config.yaml switches with model.safetensors, as one set: never another's
-                warnings.simplefilter("error")
-                model = mf.load(target)
-            seed = mf.config_of(model)["seed"]
-            seen_seeds.add(seed)
-            state = model.state_dict()
-            assert all(torch.equal(state[k], v) for k, v in expected[seed].items())
+            assert (tmp_path / "first" / name).read_bytes() == (old["dir"] / name).read_bytes()
+        for kind, step in seen:
+            for k in range(1, 50):
+                target = _fresh(old, kind, tmp_path / f"{kind}-{step}-{k}")
+                proc.stdin.write(f"{target} {step} {k}\n")
+                proc.stdin.flush()
+                if proc.stdout.readline().strip() == "finished":
+                    break
+                seen[kind, step].append(_read_one(target, expected))
     finally:
         proc.kill()
         proc.wait()
-    # The killed writers' temporary files are removed by a later save once they are old
-    # enough (a fresh one could be a live writer's on another host): age them, then save.
-    leftovers = list(target.glob(".*.tmp"))
-    old = time.time() - _atomic.ORPHAN_AGE_S - 60
+    print(seen)
+    for kind in ("file", "dir"):
+        writes, fsyncs, renames = (seen[kind, step] for step in STEPS)
+        assert writes and set(writes) == {0}, kind  # every byte is written before the commit
+        for points in (fsyncs, renames):  # the old checkpoint, then the new one
+            assert points[0] == 0 and points == sorted(points), (kind, seen)
+        assert fsyncs[-1] == 1, kind  # the last fsync makes the committed rename durable
+        _orphans_are_removed_once_old(tmp_path / f"{kind}-write-1", kind)
+
+
+def _read_one(target: Path, expected: dict[int, dict[str, torch.Tensor]]) -> int:
+    """The target reads as exactly the old or the new checkpoint (config.yaml included: no
+    warning); returns its seed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = mf.load(target)
+    seed = mf.config_of(model)["seed"]
+    state = model.state_dict()
+    assert state.keys() == expected[seed].keys()
+    assert all(torch.equal(state[k], v) for k, v in expected[seed].items())
+    return seed
+
+
+def _orphans_are_removed_once_old(directory: Path, kind: str) -> None:
+    """A killed writer's temporary file is removed by a later save once it is old enough (a
+    fresh one could be a live writer's on another host)."""
+    leftovers = list(directory.glob(".*.tmp"))
+    assert leftovers, "the kill inside the first write left no temporary file"
+    old_enough = time.time() - _atomic.ORPHAN_AGE_S - 60
     for tmp in leftovers:
-        os.utime(tmp, (old, old))
-    mf.save(model, target)
-    assert not list(target.glob(".*.tmp"))
-    print(f"{KILLS} kills, {mid_write} inside a write, checkpoints seen: seeds {seen_seeds}")
-    assert mid_write > 0, "no kill landed inside a write"
-    assert seen_seeds == {0, 1}
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.001)
+        os.utime(tmp, (old_enough, old_enough))
+    target = directory if kind == "dir" else next(directory.glob("*.safetensors"))
+    mf.save(mf.build(CFG, seed=2), target)
+    assert not list(directory.glob(".*.tmp"))

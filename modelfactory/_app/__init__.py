@@ -5,6 +5,5 @@
 ``report``, ``plot``: the sweep report (``sweep.csv``, ``sweep.png``, a ranked table);
 ``callbacks``: the Hydra ``Callback`` that writes that report after a multirun;
 ``progress``: terminal progress displays that stay quiet when output is not a TTY;
-``composition``: composed configs kept for the next run of the same command line;
-``patching``: the Hydra methods the command replaces for the length of a run.
+``startup``: the console script's handling of the garbage collector while it starts.
 """

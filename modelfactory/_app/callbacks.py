@@ -65,11 +65,15 @@ class SweepReport(Callback):
         return {**self.__dict__, "_progress": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Count the jobs and start the progress display."""
+        """Count the jobs and start the progress display (and the collector, when the command
+        paused it while starting: ``startup``)."""
         # Imported here, not at the top: Hydra instantiates this callback in every plain run
         # too, where the display (tqdm) is never used.
         from .job import ERROR_FILE, METRICS_FILE
         from .progress import SweepProgress
+        from .startup import COLLECTOR
+
+        COLLECTOR.started()  # the jobs may run in a launcher's processes: collect here again
 
         self._t0 = time.perf_counter()
         self._total = count_jobs(config)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_or_fail",
     "identity",
+    "regular",
     "remove_orphans",
     "stable",
     "sync_dir",
@@ -129,7 +131,9 @@ def stable(file: Path, read: Callable[[], T]) -> T:
     """``read()``, which opens ``file`` more than once, retried until ``file`` stayed the same
     file throughout: a save (an atomic rename) landing between two opens would otherwise mix
     one checkpoint's document with another's tensors, a model that was never saved."""
-    if not file.is_file():
+    if not regular(file):
+        if os.path.lexists(file):
+            raise CheckpointError(file, "not a regular file (a directory, a FIFO or a device)")
         raise CheckpointError(file, "no such checkpoint file")
     for _ in range(READ_ATTEMPTS):
         try:
@@ -151,6 +155,17 @@ def stable(file: Path, read: Callable[[], T]) -> T:
         f"it changed while being read, {READ_ATTEMPTS} times in a row: another process keeps "
         "saving to it; read it once that is done",
     )
+
+
+def regular(file: Path) -> bool:
+    """Whether ``file`` is a regular file (symlinks followed). A name the system refuses to
+    look up (longer than a file name may be) is a ``CheckpointError`` naming it."""
+    try:
+        return stat.S_ISREG(os.stat(file).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as e:  # ENAMETOOLONG, ELOOP, EACCES
+        raise CheckpointError(file, f"cannot look it up ({e.strerror or e})") from e
 
 
 def identity(st: os.stat_result) -> tuple[int, ...]:

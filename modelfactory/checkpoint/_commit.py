@@ -208,7 +208,7 @@ def _parse(journal: Path, text: bytes) -> dict[str, list]:
     """The journal's plan; only names of checkpoint files and their temporaries pass."""
     try:
         plan = json.loads(text) if len(text) <= _JOURNAL_MAX else None
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's stack
         plan = None
     ok = isinstance(plan, dict) and set(plan) == {"renames", "remove"}
     if ok:

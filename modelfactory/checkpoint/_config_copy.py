@@ -5,18 +5,19 @@ whatever is wrong with the copy (too big, not a regular file, not UTF-8, YAML th
 parse, unsafe tags, aliases, values the safe loader refuses) is the same warning as a copy
 that says something else, never an error. The work is bounded before it is done: the file
 is ``stat``-ed before it is opened and read up to ``MAX_COPY_BYTES``; its YAML events are
-scanned (iteratively, no recursion) for depth, size and aliases before anything is
-constructed, with the safe loader (libyaml's ``CSafeLoader`` when available).
+scanned (``modelfactory._bounded``: iteratively, no recursion) for depth, size and aliases
+before anything is constructed, with the safe loader (libyaml's ``CSafeLoader`` when
+available), and a value the loader cannot construct is one more reason for the warning.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import stat
 import warnings
 from pathlib import Path
 from typing import Any
+
+from .._bounded import OverBound, check_yaml, read_capped
 
 __all__ = ["MAX_COPY_BYTES", "compare_copy", "read_copy"]
 
@@ -66,23 +67,11 @@ def _read_bounded(copy: Path) -> bytes:
     """The bytes of a regular file of at most ``MAX_COPY_BYTES`` (``stat`` first, so a FIFO,
     a device or a directory is never read, and a huge file is not read at all)."""
     try:
-        if not stat.S_ISREG(os.stat(copy).st_mode):
-            raise _Unusable("not a regular file")
-        fd = os.open(copy, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        try:
-            info = os.fstat(fd)  # the file opened may not be the one stat-ed
-            if not stat.S_ISREG(info.st_mode):
-                raise _Unusable("not a regular file")
-            if info.st_size > MAX_COPY_BYTES:
-                raise _Unusable(f"larger than {MAX_COPY_BYTES:,} bytes, not read")
-            data = os.read(fd, MAX_COPY_BYTES + 1)
-        finally:
-            os.close(fd)
+        return read_capped(copy, MAX_COPY_BYTES)
+    except OverBound as e:
+        raise _Unusable(str(e)) from e
     except OSError as e:
         raise _Unusable(f"cannot read it: {e.strerror or e}") from e
-    if len(data) > MAX_COPY_BYTES:  # grew after the stat
-        raise _Unusable(f"larger than {MAX_COPY_BYTES:,} bytes, not read")
-    return data
 
 
 def _parse(data: bytes) -> Any:
@@ -90,29 +79,15 @@ def _parse(data: bytes) -> Any:
     free of aliases (which could make the comparison exponential)."""
     import yaml  # only for a copy whose digest changed: off the usual load path
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         text = data.decode("utf-8")
-        _check_events(text, loader)
-        return yaml.load(text, Loader=loader)  # a safe loader: plain data only
+        check_yaml(text, max_depth=MAX_COPY_DEPTH, max_nodes=MAX_COPY_EVENTS, aliases=False)
+        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except OverBound as e:
+        raise _Unusable(str(e)) from e
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise _Unusable(f"not readable YAML: {type(e).__name__}") from e
-    except (ValueError, OverflowError, RecursionError) as e:  # a 5000-digit int, ...
+    except Exception as e:
+        # A constructor of the safe loader failed on a value (a 5000-digit int, a malformed
+        # !!timestamp raises AttributeError): the copy holds nothing to compare.
         raise _Unusable(f"holds a value the safe loader refuses: {type(e).__name__}") from e
-
-
-def _check_events(text: str, loader: Any) -> None:
-    import yaml
-
-    depth = 0
-    for events, event in enumerate(yaml.parse(text, Loader=loader), 1):
-        if isinstance(event, yaml.AliasEvent):
-            raise _Unusable("uses YAML aliases, which a saved copy never has")
-        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-            depth += 1
-            if depth > MAX_COPY_DEPTH:
-                raise _Unusable(f"nests deeper than {MAX_COPY_DEPTH} levels")
-        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-            depth -= 1
-        if events > MAX_COPY_EVENTS:
-            raise _Unusable(f"holds more than {MAX_COPY_EVENTS:,} YAML nodes")

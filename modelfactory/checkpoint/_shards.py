@@ -41,6 +41,7 @@ __all__ = [
     "sharded_files",
     "stored_bytes",
     "verify_sharded",
+    "weight_map",
 ]
 
 T = TypeVar("T")
@@ -141,8 +142,13 @@ def _index_doc(
     wmap = index.get("weight_map") if isinstance(index, dict) else None
     ok_map = isinstance(wmap, dict) and all(isinstance(v, str) for v in wmap.values())
     if not isinstance(meta, dict) or not isinstance(meta.get(fmt.META_KEY), str):
-        if require is None and ok_map and all(_PLAIN.fullmatch(v) for v in wmap.values()):
+        odd = [v for v in wmap.values() if not _PLAIN.fullmatch(v)] if ok_map else []
+        if require is None and ok_map and not odd:
             return None, wmap  # another tool's index (save_pretrained): plain tensors
+        if require is None and odd:
+            raise CheckpointError(
+                index_file, f"shard {short(odd[0])} is not a .safetensors file name beside it"
+            )
         raise CheckpointError(
             index_file,
             "not a modelfactory index: expected 'metadata' with a 'modelfactory' entry (written "
@@ -163,19 +169,46 @@ def _index_doc(
     return doc, wmap
 
 
+def weight_map(index_file: Path) -> dict[str, str]:
+    """The ``weight_map`` of an index, modelfactory's or another tool's (``save_pretrained``),
+    read as a checkpoint's is: at most ``INDEX_MAX`` bytes, JSON nested too deeply refused,
+    shards named by plain file names beside it.
+
+    Raises:
+        CheckpointError: naming the index.
+    """
+    try:
+        fh = open(index_file, "rb")  # noqa: SIM115 (closed below)
+    except OSError as e:
+        raise CheckpointError(index_file, f"cannot open it ({e})") from e
+    with fh:
+        return _index_doc(index_file, fh, None)[1]
+
+
 def _in_set(file: Path, doc: dict | None, read: Callable[[], Any]) -> Any:
     """``read()`` of a shard, whose header (``read()[0]`` or ``read()``) must be of ``doc``'s
     set; a shard that is gone or of another save means the set changed under the reader."""
     try:
         result = read()
     except CheckpointError as e:
-        if not file.is_file():  # removed by a save switching sets: read the set again
+        if _gone(file):  # removed by a save switching sets: read the set again
             raise _Changed(file, "missing shard: expected by model.safetensors.index.json") from e
         raise
     header = result[0] if isinstance(result, tuple) else result
     if doc is not None and header.meta.get(SET_KEY) != doc["digest"]:
         raise _Changed(file, "belongs to another save than model.safetensors.index.json beside it")
     return result
+
+
+def _gone(file: Path) -> bool:
+    """No file there (a FIFO or a name too long is there, and wrong: not gone)."""
+    try:
+        os.lstat(file)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _read_shard(

@@ -89,8 +89,7 @@ def check_config(cfg: dict[str, Any], file: object, trusted: tuple[str, ...]) ->
         raise UntrustedTargetError(
             file,
             "the embedded config names targets that are not trusted, nothing was imported "
-            f"or called:\n{lines}\nAllowed: {allowed}. Pass trusted=['mypkg.*'] to load(), "
-            "only for files you trust.",
+            f"or called:\n{lines}\nAllowed: {allowed}.",
         )
     if missing:
         lines = "\n".join(f"  {path}: {msg}" for path, msg in missing)

@@ -335,11 +335,14 @@ def _float_dtype(dtype: str | torch.dtype | None, path: Pathish) -> torch.dtype 
     only to name it in the error."""
     if dtype is None:
         return None
-    cast = parse_dtype(dtype, "dtype")
+    # A name of any torch dtype ('int8') is the dtype itself, refused as torch.int8 is.
+    named = getattr(torch, dtype.removeprefix("torch."), None) if isinstance(dtype, str) else None
+    cast = named if isinstance(named, torch.dtype) else parse_dtype(dtype, "dtype")
     if not cast.is_floating_point:
+        name = str(cast).removeprefix("torch.")
         raise CheckpointError(
             checkpoint_paths(path)[0],
-            f"load(dtype={dtype!r}): expected a floating dtype such as 'float32' or "
-            f"'bfloat16', got {str(cast).removeprefix('torch.')}",
+            f"load(dtype={dtype if isinstance(dtype, str) else name!r}): expected a floating "
+            f"dtype such as 'float32' or 'bfloat16', got {name}",
         )
     return cast

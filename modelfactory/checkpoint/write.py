@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -246,12 +247,18 @@ def _check_matches_config(
     return ties
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def _config_copy(config: dict[str, Any], knobs: dict[str, Any], authority: str) -> str:
     """The text of ``config.yaml``: a copy for people, the knobs in its header comment, so
     the copy still builds as it is (load skips parsing a copy whose SHA-256 is unchanged)."""
     text = f"# A copy for people: the config embedded in {authority} is the authority.\n"
-    if knobs:
-        shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in knobs.items())
+    if knobs:  # names and values are data (from a loaded file, too): quoted unless plain
+        shown = ", ".join(
+            f"{k if _PLAIN_NAME.fullmatch(str(k)) else json.dumps(str(k))}={json.dumps(v)}"
+            for k, v in knobs.items()
+        )
         text += f"# Built with the knobs (already applied below): {shown}\n"
     import yaml  # a save's work: kept off mf.load's imports
 

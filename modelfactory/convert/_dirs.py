@@ -12,7 +12,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..checkpoint._atomic import atomic_write_or_fail
+from ..checkpoint._atomic import atomic_write_or_fail, stable
+from ..checkpoint._shards import weight_map
 from ..errors import CheckpointError
 from ._file import as_conversion
 from ._foreign_config import config_for
@@ -46,30 +47,29 @@ def read_foreign_dir(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 
 def _load(file: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(file)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(file, f"not a readable safetensors file ({e})") from e
+    """A foreign file's tensors, read as a checkpoint file is: only a regular file (a FIFO, a
+    device or a directory is refused, never opened), and one version of it."""
+
+    def read() -> dict[str, torch.Tensor]:
+        try:
+            return load_file(file)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(file, f"not a readable safetensors file ({e})") from e
+
+    return stable(file, read)
 
 
 def _read_shards(index: Path) -> dict[str, torch.Tensor]:
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(index, f"not an index with a 'weight_map' ({e!r})") from e
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise CheckpointError(index, "'weight_map' must map tensor names to shard file names")
+    wmap = weight_map(index)  # bounded as a checkpoint's index; plain shard names
     tensors, problems = {}, []
-    for shard in sorted(set(weight_map.values())):
-        if Path(shard).name != shard or shard in {".", ".."}:
-            raise CheckpointError(index, f"shard {shard!r} is not a file name in this directory")
+    for shard in sorted(set(wmap.values())):
         for name, t in _load(index.parent / shard).items():
-            if weight_map.get(name) != shard:
-                problems.append(f"{name!r} is in {shard}, the index says {weight_map.get(name)}")
+            if wmap.get(name) != shard:
+                problems.append(f"{name!r} is in {shard}, the index says {wmap.get(name)}")
             tensors.setdefault(name, t)
     problems += [
         f"{k!r}: the index lists it in {v}, which lacks it"
-        for k, v in weight_map.items()
+        for k, v in wmap.items()
         if k not in tensors
     ]
     fail(index, "shards do not match the index", problems)

@@ -8,7 +8,9 @@ from typing import Any
 
 import yaml
 
+from .._bounded import MAX_YAML_NODES, check_yaml, excerpt, read_capped
 from .._knobs import close_key
+from .._spec import MAX_DEPTH
 from ..configs import conf_dir
 from ..errors import ConfigError
 from ._rules import Conversion, Expr, Pattern, Rename, Tie
@@ -22,6 +24,7 @@ _EXPRESSIONS = {
     "value": set(),
 }
 _MISSING = object()
+MAX_CONVERSION_BYTES = 1 << 20  # 1 MiB, as a config.yaml copy; hf_gpt2.yaml is about 3 KB
 
 
 def _shipped_dir() -> Path:
@@ -56,9 +59,11 @@ def load_conversion(name_or_path: str | os.PathLike[str]) -> Conversion:
             shipped = ", ".join(shipped_conversions()) or "none"
             msg = f"unknown conversion {text!r}; shipped: {shipped}; or give a YAML file's path"
             raise ConfigError([("convert", msg)])
-    try:
-        doc = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+    try:  # bounded work: a FIFO, a huge file, an alias bomb or deep nesting is refused
+        text = read_capped(file, MAX_CONVERSION_BYTES).decode("utf-8")
+        check_yaml(text, max_depth=MAX_DEPTH, max_nodes=MAX_YAML_NODES)
+        doc = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: OverBound, not UTF-8
         raise ConfigError([("convert", f"cannot read it ({e})")], header=f"{file}:") from e
     problems: list[tuple[str, str]] = []
     conversion = _parse(doc, file, problems)
@@ -76,9 +81,12 @@ def _keys(node: Any, path: str, allowed: set[str], required: set[str], problems:
         return False
     for key in node:
         if key not in allowed:
-            close = close_key(str(key), allowed)
+            shown = str(key) if len(str(key)) <= 80 else f"{str(key)[:77]}..."
+            close = close_key(shown, allowed)
             hint = f" (did you mean {close!r}?)" if close else ""
-            problems.append((f"{path}.{key}", f"unknown key{hint}; expected one of {_or(allowed)}"))
+            problems.append(
+                (f"{path}.{shown}", f"unknown key{hint}; expected one of {_or(allowed)}")
+            )
     for key in sorted(required - node.keys()):
         problems.append((f"{path}.{key}", "missing required key"))
     return True
@@ -92,7 +100,7 @@ def _pattern(node: Any, path: str, problems: list, fields: frozenset | None = No
     if node is _MISSING:  # _keys has reported it
         return None
     if not isinstance(node, str) or not node:
-        problems.append((path, f"expected a tensor name (a non-empty string), got {node!r}"))
+        problems.append((path, f"expected a tensor name (a non-empty string), got {excerpt(node)}"))
         return None
     try:
         pattern = Pattern.parse(node)
@@ -101,7 +109,9 @@ def _pattern(node: Any, path: str, problems: list, fields: frozenset | None = No
         return None
     if fields is not None and pattern.fields != fields:
         want = ", ".join(f"{{{f}}}" for f in sorted(fields)) or "none"
-        problems.append((path, f"{node!r} must use the same placeholders as 'from' ({want})"))
+        problems.append(
+            (path, f"{excerpt(node)} must use the same placeholders as 'from' ({want})")
+        )
     return pattern
 
 
@@ -162,7 +172,7 @@ def _parse_renames(nodes: list, problems: list) -> list[Rename]:
                 continue  # _pattern has reported it
             if text in seen[side]:
                 problems.append(
-                    (f"{path}.{side}", f"{text!r} is already renames.{seen[side][text]}")
+                    (f"{path}.{side}", f"{excerpt(text)} is already renames.{seen[side][text]}")
                 )
             seen[side].setdefault(text, n)
         if foreign and native:
@@ -183,7 +193,9 @@ def _parse_ties(nodes: list, by_from: dict[str, Rename], problems: list) -> list
             native = _pattern(node["to"], f"{path}.to", problems, fields)
         source = _pattern(node.get("same_as", _MISSING), f"{path}.same_as", problems, fields)
         if source and source.text not in by_from:
-            problems.append((f"{path}.same_as", f"{source.text!r} is not the 'from' of a rename"))
+            problems.append(
+                (f"{path}.same_as", f"{excerpt(source.text)} is not the 'from' of a rename")
+            )
         elif foreign and source:
             ties.append(Tie(foreign, native, by_from[source.text]))
     return ties
@@ -196,7 +208,7 @@ def _parse_config(node: Any, problems: list) -> dict[str, Any]:
         return {}
     file = node.get("file", "config.json")
     if not isinstance(file, str) or not file or Path(file).name != file:
-        problems.append(("convert.config.file", f"expected a plain file name, got {file!r}"))
+        problems.append(("convert.config.file", f"expected a plain file name, got {excerpt(file)}"))
     values = node.get("values", {})
     if not isinstance(values, dict):
         problems.append(("convert.config.values", "expected a mapping key -> value"))
@@ -210,7 +222,9 @@ def _parse_config(node: Any, problems: list) -> dict[str, Any]:
         check = []
     for n, key in enumerate(check):
         if not isinstance(key, str) or key not in parsed:
-            problems.append((f"convert.config.check.{n}", f"{key!r} is not a key of config.values"))
+            problems.append(
+                (f"convert.config.check.{n}", f"{excerpt(key)} is not a key of config.values")
+            )
     return {"config_file": file, "config_values": parsed, "config_check": tuple(map(str, check))}
 
 
@@ -220,7 +234,11 @@ def _parse_value(node: Any, path: str, problems: list) -> Any:
     kinds = [k for k in node if k in _EXPRESSIONS]
     if len(kinds) != 1:
         problems.append(
-            (path, f"expected exactly one of {_or(set(_EXPRESSIONS))}, got {sorted(node)}")
+            (
+                path,
+                f"expected exactly one of {_or(set(_EXPRESSIONS))}, got "
+                f"{excerpt(sorted(node, key=str))}",
+            )
         )
         return None
     kind = kinds[0]
@@ -232,7 +250,7 @@ def _parse_value(node: Any, path: str, problems: list) -> Any:
     if kind == "count":
         arg = _pattern(arg, f"{path}.count", problems)
     elif kind != "value" and (not isinstance(arg, str) or not arg):
-        problems.append((f"{path}.{kind}", f"expected a dotted name, got {arg!r}"))
+        problems.append((f"{path}.{kind}", f"expected a dotted name, got {excerpt(arg)}"))
     return Expr(kind, arg, node.get("dim", 0), node.get("offset", 0))
 
 

@@ -11,9 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._bounded import excerpt, read_capped
 from ..errors import CheckpointError
 from ._file import as_conversion
 from ._rules import Conversion, Expr, fail, shape_of
+
+MAX_CONFIG_BYTES = 1 << 20  # 1 MiB, as a config.yaml copy; a Hugging Face config.json is ~1 KB
 
 
 def _evaluate(value: Any, model: nn.Module, state: Mapping[str, torch.Tensor]) -> Any:
@@ -94,16 +97,18 @@ def check_config(
     file = Path(path) / conv.config_file
     if not file.is_file():
         return
-    try:
-        foreign = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    try:  # bounded work: a FIFO, a huge file or deep nesting is refused
+        foreign = json.loads(read_capped(file, MAX_CONFIG_BYTES).decode("utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: OverBound, not UTF-8, not JSON
         raise CheckpointError(file, f"not a readable JSON file ({e})") from e
+    except RecursionError as e:
+        raise CheckpointError(file, "not a readable JSON file (it nests too deeply)") from e
     if not isinstance(foreign, dict):
         raise CheckpointError(file, f"expected a JSON object, got {type(foreign).__name__}")
     keys = [k for k in conv.config_check if k in foreign]
     want = config_for(model, conv, keys, file)
     problems = [
-        f"{k}: {foreign[k]!r} in the file, {want[k]!r} for the model"
+        f"{k}: {excerpt(foreign[k])} in the file, {excerpt(want[k])} for the model"
         for k in keys
         if foreign[k] != want[k]
     ]
