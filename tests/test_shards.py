@@ -3,6 +3,7 @@ memory a load takes."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -115,15 +116,20 @@ def test_shards_are_read_in_parallel_threads(
     sharded: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     threads, original = set(), fmt.read
+    # Two reads must be under way at once to pass the barrier (a busy machine only makes
+    # one wait longer for the other; reads made one after another would time out).
+    together, calls = threading.Barrier(2, timeout=60), itertools.count()
 
     def recording(*args, **kw):
         threads.add(threading.current_thread().name)
+        if next(calls) < 2:  # the first two shards: read at the same time
+            together.wait()
         return original(*args, **kw)
 
     monkeypatch.setattr(fmt, "read", recording)
-    mf.load(sharded)
     if (os.cpu_count() or 1) > 1:
-        assert len(threads) > 1 and all(t.startswith("modelfactory-shard") for t in threads)
+        mf.load(sharded)
+        assert len(threads) == 2 and all(t.startswith("modelfactory-shard") for t in threads)
 
 
 def test_a_model_that_fits_one_shard_is_todays_single_file(gpt, tmp_path: Path) -> None:
