@@ -1,9 +1,12 @@
 """modelfactory: declarative, config-driven PyTorch models.
 
-Public API: :func:`build`, :func:`config_of`, :func:`save`, :func:`load`,
-:func:`load_weights`, :func:`save_tensors`, :func:`load_tensors`, :func:`verify`,
-:func:`summary`, :func:`init_report`, :func:`plan` (a :class:`Plan`), and the errors in
-:mod:`modelfactory.errors`. Sharded models: :mod:`modelfactory.distributed`.
+Public API: :func:`build`, :func:`load`, :func:`load_weights` and :func:`save` (the front
+door, :mod:`modelfactory.api`), :func:`config_of`, :func:`save_tensors`,
+:func:`load_tensors`, :func:`verify`, :func:`summary`, :func:`init_report`, :func:`plan`
+(a :class:`Plan`), :func:`build_skeleton` (the architecture on ``meta``, no init), and the
+errors in :mod:`modelfactory.errors`. Sharded models: :mod:`modelfactory.distributed`;
+other libraries' layouts: :mod:`modelfactory.convert`; blocks: :mod:`modelfactory.blocks`,
+:mod:`modelfactory.modules`, :mod:`modelfactory.layers`.
 
 Names are imported on first use so that ``import modelfactory`` stays cheap.
 """
@@ -16,16 +19,16 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "build": "factory",
+    "build": "api",
     "build_skeleton": "factory",
     "summary": "summary",
     "init_report": "init",
     "config_of": "_record",
     "plan": "planning",
     "Plan": "planning",
-    "save": "checkpoint",
-    "load": "checkpoint",
-    "load_weights": "checkpoint",
+    "save": "api",
+    "load": "api",
+    "load_weights": "api",
     "save_tensors": "checkpoint",
     "load_tensors": "checkpoint",
     "verify": "checkpoint",

@@ -34,60 +34,32 @@ from .errors import BuildError, ConfigError, DeviceError, TieError
 from .init import Rule, apply_rules, parse_rules
 from .tie import apply_ties, check_ties, resolve_groups, validate_groups
 
-__all__ = ["build", "build_skeleton", "meta_build"]
+__all__ = ["build", "build_skeleton", "configured", "meta_build"]
 
 META = torch.device("meta")
 
 
 def build(
-    cfg: Any,
-    *,
-    device: str | None = None,
-    dtype: str | None = None,
-    seed: int | None = None,
-    mesh: Any = None,
-    fsdp_units: Any = "repeat",
+    cfg: Any, *, device: str | None = None, dtype: str | None = None, seed: int | None = None
 ) -> nn.Module:
-    """Build a model from a config.
+    """A model from a config, in this process (:func:`modelfactory.build` is the front door:
+    it also builds sharded over a mesh)."""
+    return attach(*_build(configured(cfg, device=device, dtype=dtype, seed=seed)))
 
-    Args:
-        cfg: a full config (``model``/``init``/``tie``/``device``/``seed``/...) or a bare model
-            node, as a ``DictConfig``, a dict or a path to a YAML file. Not modified.
-        device: overrides ``device.device`` (checked as that key is).
-        dtype: overrides ``device.dtype`` (checked as that key is).
-        seed: overrides ``seed`` (checked as that key is: an integer from -2**63 to
-            2**64 - 1).
-        mesh: a ``DeviceMesh``: build the model sharded over it with FSDP2, each rank
-            allocating only its shard, the values those of a build in one process (see
-            :mod:`modelfactory.distributed`); the mesh gives the device.
-        fsdp_units: with ``mesh``, the modules ``fully_shard`` makes units of besides the
-            root: ``"repeat"`` (each ``Repeat`` copy), ``"root"`` (none) or module-name globs.
 
-    Returns:
-        The model, with every parameter initialized (lazy layers materialized when
-        ``input_shape`` is given), ties applied and placed on its device. It carries its
-        build record: :func:`modelfactory.config_of` gives the resolved config, which
-        :func:`modelfactory.save` stores.
-
-    Raises:
-        ConfigError: the config is not well-formed (every problem listed with its path).
-        BuildError: a block failed to construct or run on the sample input.
-    """
-    # the keywords are checked as the config keys; interpolations that do not resolve are
-    # reported with the model's other problems
+def configured(
+    cfg: Any, *, device: str | None = None, dtype: str | None = None, seed: int | None = None
+) -> BuildConfig:
+    """The checked config of a build: the keywords are checked as the config keys they
+    replace, and interpolations that do not resolve are reported with the model's other
+    problems (when the model is planned)."""
     bc = normalize(cfg, collect=True, seed=seed, device=device, dtype=dtype)
     bc.resolved = {
         **bc.resolved,
         "seed": bc.seed,
         "device": {**bc.resolved.get("device", {}), "device": bc.device, "dtype": bc.dtype},
     }
-    if mesh is not None:
-        from .distributed import build_sharded
-
-        if device is not None:
-            raise DeviceError([("device", "a sharded model's device is the mesh's; leave it out")])
-        return attach(*build_sharded(bc, mesh, fsdp_units))
-    return attach(*_build(bc))
+    return bc
 
 
 def build_skeleton(

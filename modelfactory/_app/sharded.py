@@ -114,7 +114,7 @@ def sharded_job(cfg: Any, out_dir: Path, restore: str | None = None) -> dict[str
     import modelfactory as mf
 
     from ..checkpoint._bounds import check_sample_pass
-    from ..checkpoint.read import load_model
+    from ..distributed import load_sharded
     from .job import (
         METRICS_FILE,
         SUMMARY_FILE,
@@ -134,7 +134,7 @@ def sharded_job(cfg: Any, out_dir: Path, restore: str | None = None) -> dict[str
             trusted = list(cfg.get("trusted") or [])
             # the sample pass below runs for real: bound it before any weight is read
             checks = (check_sample_pass,)
-            model = load_model(restore, mesh=mesh, fsdp_units=units, trusted=trusted, checks=checks)
+            model = load_sharded(restore, mesh, fsdp_units=units, trusted=trusted, checks=checks)
         first = dist.get_rank() == 0
         if first:
             text = mf.summary(model) + f"\nsharded over {mesh.size()} ranks (FSDP2 units: {units})"

@@ -8,6 +8,7 @@ checkpoints).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -15,14 +16,16 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..errors import CheckpointError
 
 __all__ = [
     "atomic_write",
     "atomic_write_or_fail",
+    "checked_first",
     "identity",
+    "missing",
     "regular",
     "remove_orphans",
     "stable",
@@ -30,6 +33,7 @@ __all__ = [
     "sync_file",
     "temp_for",
     "unchanged",
+    "vanished",
 ]
 
 # A writer's temporary file is removed by a later save only when its pid is dead here AND it
@@ -39,6 +43,7 @@ ORPHAN_AGE_S = 600
 # model can land faster than a loaded copy is read on a busy machine) before giving up.
 READ_ATTEMPTS = 10
 T = TypeVar("T")
+H = TypeVar("H")
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -134,7 +139,7 @@ def stable(file: Path, read: Callable[[], T]) -> T:
     if not regular(file):
         if os.path.lexists(file):
             raise CheckpointError(file, "not a regular file (a directory, a FIFO or a device)")
-        raise CheckpointError(file, "no such checkpoint file")
+        raise missing(file)
     for _ in range(READ_ATTEMPTS):
         try:
             fh = open(file, "rb")  # noqa: SIM115 (closed below)
@@ -155,6 +160,47 @@ def stable(file: Path, read: Callable[[], T]) -> T:
         f"it changed while being read, {READ_ATTEMPTS} times in a row: another process keeps "
         "saving to it; read it once that is done",
     )
+
+
+def checked_first(
+    file: Path,
+    first: Callable[[], H],
+    check: Callable[[H], Any] | None,
+    rest: Callable[[H | None, Any], T | None],
+) -> T:
+    """``rest(header, check(header))`` with ``header = first()``: a read whose header the
+    caller checks before the rest of the file is read (a refusal reads nothing more).
+
+    The check runs between two reads, not inside one that must see one version of the
+    file: it may take a while (a config built on ``meta``), and a save landing meanwhile
+    would make every attempt start over. ``rest`` reads the header again with the rest and
+    returns ``None`` when it is another save's than the one checked; then that one is
+    checked. Without a ``check``, ``rest(None, None)`` alone.
+    """
+    for _ in range(READ_ATTEMPTS):
+        header = first() if check is not None else None
+        result = rest(header, check(header) if check is not None else None)
+        if result is not None:
+            return result
+    raise CheckpointError(
+        file,
+        f"it changed while being read, {READ_ATTEMPTS} times in a row: another process keeps "
+        "saving to it; read it once that is done",
+    )
+
+
+def missing(file: Path) -> CheckpointError:
+    """The error for a checkpoint file that is not there, its cause a ``FileNotFoundError``
+    (as when one found a moment ago cannot be opened: a save renamed it away)."""
+    error = CheckpointError(file, "no such checkpoint file")
+    error.__cause__ = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(file))
+    return error
+
+
+def vanished(error: CheckpointError) -> bool:
+    """Whether ``error`` says the file it names is not there (it may have been, a moment
+    before: a reader that found it races a save switching files)."""
+    return isinstance(error.__cause__, FileNotFoundError)
 
 
 def regular(file: Path) -> bool:

@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from ..errors import CheckpointError
-from ._atomic import atomic_write_or_fail, stable
+from ._atomic import atomic_write_or_fail, missing, stable
 from ._bounds import check_shapes
 from ._reader import read_owned
 from ._schema import is_count, schema_problems, short
@@ -137,7 +137,7 @@ def read_header(file: Path, *, require: str | None = None) -> Header:
             modelfactory's, or a newer format version.
     """
     if not file.is_file():
-        raise CheckpointError(file, "no such checkpoint file")
+        raise missing(file)
     try:
         with safe_open(file, framework="pt") as f:
             meta = f.metadata() or {}
@@ -190,6 +190,12 @@ def parse_doc(file: Path, text: str, require: str | None) -> dict[str, Any]:
             file, f"holds {doc['kind']!r}, not a {require}; use load_tensors() for it"
         )
     return doc
+
+
+def same_save(checked: Header | None, doc: dict[str, Any] | None) -> bool:
+    """Whether ``doc`` is the document of the save whose header was ``checked`` (``None``:
+    nothing was checked, any save will do)."""
+    return checked is None or (doc or {}).get("digest") == (checked.doc or {}).get("digest")
 
 
 def check_index(file: Path, doc: dict[str, Any], index: dict) -> None:

@@ -30,8 +30,8 @@ from . import _state
 from ._bounds import check_fill
 from ._commit import recover
 from ._config_copy import compare_copy, read_copy
+from ._files import stored_bytes
 from ._format import Header
-from ._shards import stored_bytes
 from ._trust import check_config
 from ._writer import dtype_named
 

@@ -21,13 +21,13 @@ import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
 from ..errors import CheckpointError
 from . import _format as fmt
-from ._atomic import READ_ATTEMPTS, identity, stable, unchanged
+from ._atomic import READ_ATTEMPTS, checked_first, identity, unchanged
 from ._commit import JOURNAL, recover
 from ._config_copy import read_copy
 from ._schema import short
@@ -39,12 +39,11 @@ __all__ = [
     "plan",
     "read_sharded",
     "sharded_files",
-    "stored_bytes",
     "verify_sharded",
     "weight_map",
+    "workers",
 ]
 
-T = TypeVar("T")
 INDEX_FILE = "model.safetensors.index.json"
 SET_KEY = "modelfactory_set"
 _PLAIN = re.compile(r"[^./\\][^/\\]*\.safetensors")  # a shard of another tool's index
@@ -228,7 +227,7 @@ def _shards_of(doc: dict | None, wmap: dict[str, str]) -> list[str]:
     return doc["shards"] if doc is not None else sorted(set(wmap.values()))
 
 
-def _workers(tasks: int) -> int:
+def workers(tasks: int) -> int:
     """Threads for reading ``tasks`` files or chunks at once."""
     return min(tasks, os.cpu_count() or 1, 8)
 
@@ -236,10 +235,10 @@ def _workers(tasks: int) -> int:
 def _each_shard(index_file: Path, names: list[str], work: Callable[[Path], Any]) -> list[Any]:
     """``work(shard file)`` for every shard, in parallel threads (reads release the GIL)."""
     files = [index_file.with_name(s) for s in names]
-    workers = _workers(len(files))
-    if workers <= 1:
+    threads = workers(len(files))
+    if threads <= 1:
         return [work(f) for f in files]
-    with ThreadPoolExecutor(workers, thread_name_prefix="modelfactory-shard") as pool:
+    with ThreadPoolExecutor(threads, thread_name_prefix="modelfactory-shard") as pool:
         return list(pool.map(work, files))
 
 
@@ -281,14 +280,28 @@ def read_sharded(
 ) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
     """The document and every tensor of a sharded checkpoint, all of one save (and the bytes
     of its ``copy``, ``config.yaml``, renamed after the index by a save). ``check(header)``
-    runs on the index's document before any shard is opened; what it returns is the
-    header's ``checked``. ``mmap=None`` reads the headers alone (every shard's checked, no
-    tensor data read): the tensors returned are then ``meta`` tensors of the stored shapes
-    and dtypes."""
+    runs on the index's document before any shard is opened (see ``checked_first``); what
+    it returns is the header's ``checked``. ``mmap=None`` reads the headers alone (every
+    shard's checked, no tensor data read): the tensors returned are then ``meta`` tensors
+    of the stored shapes and dtypes."""
 
-    def attempt(fh: Any) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
+    def first() -> fmt.Header:  # the index's document alone, for the check
+        return _consistent(
+            index_file,
+            lambda fh: fmt.Header(index_file, _index_doc(index_file, fh, require)[0], {}),
+        )
+
+    def rest(
+        checked_doc: fmt.Header | None, checked: Any
+    ) -> tuple[fmt.Header, dict[str, torch.Tensor]] | None:
+        return _consistent(index_file, lambda fh: attempt(fh, checked_doc, checked))
+
+    def attempt(
+        fh: Any, checked_doc: fmt.Header | None, checked: Any
+    ) -> tuple[fmt.Header, dict[str, torch.Tensor]] | None:
         doc, wmap = _index_doc(index_file, fh, require)
-        checked = check(fmt.Header(index_file, doc, {})) if check is not None else None
+        if not fmt.same_save(checked_doc, doc):
+            return None  # another save than the one checked: check that one first
         parts = _each_shard(
             index_file, _shards_of(doc, wmap), lambda f: _read_shard(f, doc, wmap, mmap)
         )
@@ -300,7 +313,7 @@ def read_sharded(
             return header, fmt.stand_ins(index)
         return header, {k: t for _, ts in parts for k, t in ts.items()}
 
-    return _consistent(index_file, attempt)
+    return checked_first(index_file, first, check, rest)
 
 
 def verify_sharded(index_file: Path) -> tuple[int, int]:
@@ -330,82 +343,3 @@ def verify_sharded(index_file: Path) -> tuple[int, int]:
         return sum(n for n, _ in counts), sum(b for _, b in counts) + index_file.stat().st_size
 
     return _consistent(index_file, attempt)
-
-
-def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path | None]:
-    """``(file, config.yaml copy or None)`` for a checkpoint directory, its
-    ``model.safetensors`` or index, or any ``.safetensors`` file. A switch that an
-    interrupted save left half done is completed first."""
-    path = Path(path)
-    directory = path if path.is_dir() else path.parent
-    if path.is_dir() or path.name in (fmt.MODEL_FILE, INDEX_FILE):
-        recover(directory)
-    if path.is_dir():
-        path = path / (INDEX_FILE if (path / INDEX_FILE).is_file() else fmt.MODEL_FILE)
-    elif path.name not in (fmt.MODEL_FILE, INDEX_FILE):
-        return path, None
-    copy = directory / fmt.CONFIG_FILE
-    # Whatever is there (a directory, a FIFO, a dangling link) is the copy's problem:
-    # compare_copy warns.
-    return path, copy if copy.exists() or copy.is_symlink() else None
-
-
-def resolved(path: str | os.PathLike, read: Callable[[Path], T]) -> tuple[Path, Path | None, T]:
-    """``(file, config.yaml copy, read(file))`` for a checkpoint ``path``. In a directory the
-    file is found again when a save switched layouts between finding it and reading it
-    (one file to shards, or back: the file found is gone)."""
-    for attempt in range(READ_ATTEMPTS):
-        file, copy = checkpoint_paths(path)
-        try:
-            return file, copy, read(file)
-        except CheckpointError:
-            if attempt + 1 == READ_ATTEMPTS or file.exists() or not Path(path).is_dir():
-                raise
-    raise AssertionError("unreachable")
-
-
-def stored_bytes(header: fmt.Header) -> int:
-    """The bytes on disk of a checkpoint's weight files (its shards, for an index): what its
-    tensors can hold at most, whatever its document says."""
-    doc = header.doc or {}
-    files = [header.file.with_name(s) for s in doc.get("shards", [])] or [header.file]
-    total = 0
-    for f in files:
-        try:
-            total += f.stat().st_size
-        except OSError:  # a shard gone: reading it reports that
-            continue
-    return total
-
-
-def read_any(
-    file: Path,
-    *,
-    require: str | None = None,
-    mmap: bool | None = True,
-    copy: Path | None = None,
-    check: Check | None = None,
-) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
-    """A single file or a sharded set, by ``file``'s name; ``header.copy`` holds the bytes
-    of ``copy`` (``config.yaml``) as read with that version of the checkpoint. With
-    ``mmap=None`` only headers are read: the tensors are ``meta`` stand-ins.
-
-    ``check(header)`` runs once the header and its document are read and checked, before
-    any tensor data is read (a refusal reads none); what it returns is ``header.checked``.
-    A read retried because a save overtook it runs it again on the new header.
-    """
-    if file.name.endswith(".index.json"):
-        return read_sharded(file, require=require, mmap=mmap, copy=copy, check=check)
-
-    def once() -> tuple[fmt.Header, dict[str, torch.Tensor]]:
-        header = fmt.read_header(file, require=require)
-        if check is not None:
-            header.checked = check(header)
-        if mmap is None:
-            tensors = fmt.stand_ins(header.index)
-        else:
-            tensors = fmt.read_tensors(file, mmap, _workers(2**30))
-        header.copy = read_copy(copy)  # a save renames the copy after the file
-        return header, tensors
-
-    return stable(file, once)

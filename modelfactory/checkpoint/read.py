@@ -1,7 +1,9 @@
-"""Reading checkpoints: ``load`` (the model, rebuilt from its embedded config),
-``load_weights`` (tensors into an existing model), ``load_tensors`` and ``verify``.
+"""Reading checkpoints, in one process: ``load_model`` (the model, rebuilt from its
+embedded config), ``copy_weights`` (tensors into an existing model), ``load_tensors`` and
+``verify``. The public ``load`` and ``load_weights`` (``modelfactory.api``) call the first
+two, or the sharded and converting readers.
 
-``load`` reads the header, checks the config's targets against the trusted prefixes
+``load_model`` reads the header, checks the config's targets against the trusted prefixes
 before anything is imported, checks the config's bounds and rebuilds the architecture on
 ``meta`` with no init, all before any weight is read (``_rebuild``); then it assigns the
 tensors (read into memory of their own, or memory-mapped with ``mmap=True``), re-applies
@@ -27,65 +29,23 @@ from ..tie import check_ties
 from . import _format as fmt
 from . import _state
 from ._atomic import stable
+from ._files import checkpoint_paths, find_and_read, read_any
 from ._rebuild import ConfigCheck, assemble, compare_with_copy, prepare
-from ._shards import INDEX_FILE, checkpoint_paths, read_any, resolved, verify_sharded
+from ._shards import INDEX_FILE, verify_sharded
 from ._trust import parse_trusted
 
-__all__ = ["Verified", "load", "load_model", "load_tensors", "load_weights", "verify"]
+__all__ = [
+    "Verified",
+    "copy_of",
+    "copy_weights",
+    "fitting",
+    "float_dtype",
+    "load_model",
+    "load_tensors",
+    "verify",
+]
 
 Pathish = str | os.PathLike
-
-
-def load(
-    path: Pathish,
-    device: str | torch.device | None = None,
-    dtype: str | torch.dtype | None = None,
-    trusted: tuple[str, ...] | list[str] = (),
-    strict: bool = True,
-    *,
-    mmap: bool = False,
-    mesh: Any = None,
-    fsdp_units: Any = "repeat",
-) -> nn.Module:
-    """Rebuild a saved model from its checkpoint alone.
-
-    The model comes back in the train/eval mode of each module at save time; its outputs
-    equal the saved model's bit for bit on the same device type and dtype.
-
-    Args:
-        path: a checkpoint directory (single-file or sharded), its ``.safetensors`` file or
-            its ``model.safetensors.index.json``.
-        device: where to place the model (``cpu``, ``cuda:1``, ``auto``...); ``None`` means
-            the CPU, whatever device the model was saved from.
-        dtype: cast floating parameters and buffers after loading (``"bfloat16"``).
-        trusted: extra ``_target_`` prefixes the checkpoint's config may name
-            (``["mypkg.*"]``); ``torch.nn`` and ``modelfactory`` are always allowed.
-        strict: every tensor must match the rebuilt architecture in name, shape and dtype.
-            With ``strict=False`` mismatches are warned about: unexpected tensors are
-            ignored, dtype mismatches cast, and missing or mis-shaped ones keep the
-            config's seeded initialization.
-        mmap: ``False`` (default): the weights are read into memory of their own (one copy;
-            shards in parallel), so the file may be overwritten or deleted afterwards.
-            ``True``: the weights stay memory-mapped from the file (no copy, pages read
-            when touched); the file must then not change while the model lives: a file
-            overwritten in place changes the weights, and one truncated kills the process
-            (``SIGBUS``). Saves never write in place, they rename.
-        mesh: a ``DeviceMesh``: the model comes back sharded over it (FSDP2, as
-            ``build(cfg, mesh=...)`` shards it, ``fsdp_units`` alike), each rank reading only
-            its own rows of the file; the mesh gives the device (``device`` must be ``None``).
-            See :mod:`modelfactory.distributed`.
-
-    Returns:
-        The model, with ties restored as identity.
-
-    Raises:
-        UntrustedTargetError: the config names a target outside the trusted prefixes.
-        CheckpointError: a missing or corrupt file, (strict) tensors that do not fit, or a
-            ``dtype`` that is not floating.
-    """
-    return load_model(
-        path, device, dtype, trusted, strict, mmap=mmap, mesh=mesh, fsdp_units=fsdp_units
-    )
 
 
 def load_model(
@@ -97,31 +57,20 @@ def load_model(
     *,
     mmap: bool = False,
     checks: tuple[ConfigCheck, ...] = (),
-    mesh: Any = None,
-    fsdp_units: Any = "repeat",
 ) -> nn.Module:
-    """:func:`load`, with ``checks`` of the trusted config run before any weight is read
-    (``restore=`` bounds its sample pass with one); see ``_rebuild`` for the order."""
-    if mesh is not None:
-        from ..distributed import load_sharded
-
-        if device is not None:
-            raise CheckpointError(
-                Path(path),
-                "load(mesh=...) places the model on the mesh's devices; leave device out",
-            )
-        options = {"dtype": dtype, "trusted": trusted, "strict": strict, "checks": checks}
-        return load_sharded(path, mesh, fsdp_units=fsdp_units, **options)
-    cast = _float_dtype(dtype, path)
+    """:func:`modelfactory.load` in one process, with ``checks`` of the trusted config run
+    before any weight is read (``restore=`` bounds its sample pass with one); see
+    ``_rebuild`` for the order."""
+    cast = float_dtype(dtype, path)
     target = resolve_device(device if device is not None else "cpu", "device")
     prefixes = parse_trusted(trusted, path)
 
     check = functools.partial(prepare, trusted=prefixes, strict=strict, checks=checks)
 
     def read(f: Path) -> tuple[fmt.Header, dict[str, torch.Tensor]]:
-        return read_any(f, require="model", mmap=mmap, copy=_copy_of(f), check=check)
+        return read_any(f, require="model", mmap=mmap, copy=copy_of(f), check=check)
 
-    file, copy, (header, stored) = resolved(path, read)
+    file, copy, (header, stored) = find_and_read(path, read)
     doc = header.doc or {}
     compare_with_copy(header, copy)
     tensors = _with_aliases(stored, doc.get("aliases", {}))
@@ -136,7 +85,7 @@ def load_model(
     return attach(model, record)
 
 
-def _copy_of(file: Path) -> Path | None:
+def copy_of(file: Path) -> Path | None:
     """The ``config.yaml`` beside a checkpoint's ``model.safetensors`` or index."""
     copy = file.with_name(fmt.CONFIG_FILE)
     return copy if file.name in (fmt.MODEL_FILE, INDEX_FILE) and copy.is_file() else None
@@ -157,49 +106,15 @@ def _place(
         check_ties(model, ties)
 
 
-def load_weights(
+def copy_weights(
     model: nn.Module,
     path: Pathish,
     prefix_map: dict[str, str] | None = None,
     strict: bool = True,
-    *,
-    convert: str | os.PathLike | None = None,
-    mesh: Any = None,
 ) -> nn.Module:
-    """Copy stored tensors into an existing model, in place (keeps its device, dtype, ties).
-
-    Args:
-        model: the model to fill.
-        path: a checkpoint directory (single-file or sharded), its index, or any
-            ``.safetensors`` file.
-        prefix_map: ``{"0.": "encoder."}`` uses only the stored tensors under a listed prefix,
-            renamed to the model's prefix. ``None`` uses every tensor under its own name.
-        strict: every used tensor must land on a same-shaped parameter or buffer, and every
-            model tensor under a target prefix (all of them without ``prefix_map``) must
-            get one. Dtypes are cast.
-        convert: a conversion (``"hf_gpt2"`` or a conversion YAML's path): ``path`` is then a
-            foreign directory (``save_pretrained`` output, one file or sharded) whose tensor
-            names are renamed (see ``docs/convert.md``); not with ``prefix_map``.
-        mesh: the ``DeviceMesh`` a sharded model (``build(cfg, mesh=...)``) is sharded over;
-            a sharded model is recognized without it. Each rank reads only its own rows.
-
-    Returns:
-        ``model``.
-
-    Raises:
-        CheckpointError: (strict) tensors that do not fit, listed together.
-    """
-    if convert is not None:
-        from ..convert._weights import load_converted
-
-        return load_converted(model, path, convert, prefix_map=prefix_map, strict=strict)
-    from ..distributed import is_sharded
-
-    if mesh is not None or is_sharded(model):
-        from ..distributed import load_weights_sharded
-
-        return load_weights_sharded(model, path, prefix_map, strict, mesh=mesh)
-    file, _, (header, stored) = resolved(path, read_any)
+    """:func:`modelfactory.load_weights` of a modelfactory or safetensors checkpoint into a
+    model of this process: the stored tensors copied in place. Returns ``model``."""
+    file, _, (header, stored) = find_and_read(path, read_any)
     own = model.state_dict(keep_vars=True)
     with torch.no_grad():
         for key, t in fitting(own, file, header.doc, stored, prefix_map, strict).items():
@@ -215,7 +130,7 @@ def fitting(
     prefix_map: dict[str, str] | None,
     strict: bool,
 ) -> dict[str, torch.Tensor]:
-    """``load_weights``' choice: the model's key -> the stored tensor (or ``meta`` stand-in)
+    """``copy_weights``' choice: the model's key -> the stored tensor (or ``meta`` stand-in)
     that lands on it, renamed by ``prefix_map``; (strict) every problem raised together."""
     doc = doc or {}
     tensors = _with_aliases(stored, doc.get("aliases", {}))
@@ -272,7 +187,7 @@ def load_tensors(path: Pathish) -> torch.Tensor | list | tuple | dict:
     Raises:
         CheckpointError: a missing or corrupt file.
     """
-    _, _, (header, stored) = resolved(path, read_any)
+    _, _, (header, stored) = find_and_read(path, read_any)
     doc = header.doc or {}
     tensors = _with_aliases(stored, doc.get("aliases", {}))
     if doc.get("kind") != "tensors":
@@ -301,7 +216,7 @@ def verify(path: Pathish) -> Verified:
         CheckpointError: naming the first tensor (in file order) whose bytes changed, or
             what else is wrong with the file.
     """
-    return resolved(path, _verify_file)[2]
+    return find_and_read(path, _verify_file)[2]
 
 
 def _verify_file(file: Path) -> Verified:
@@ -329,7 +244,7 @@ def _with_aliases(
     return {**stored, **{alias: stored[source] for alias, source in aliases.items()}}
 
 
-def _float_dtype(dtype: str | torch.dtype | None, path: Pathish) -> torch.dtype | None:
+def float_dtype(dtype: str | torch.dtype | None, path: Pathish) -> torch.dtype | None:
     """``load``'s ``dtype`` argument: ``None`` or a floating dtype (``nn.Module.to`` casts
     only floating tensors, and refuses other dtypes). The checkpoint file is looked up
     only to name it in the error."""

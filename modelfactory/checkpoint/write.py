@@ -1,10 +1,11 @@
-"""Writing checkpoints: ``save`` (a model and its architecture) and ``save_tensors``.
+"""Writing checkpoints, in one process: ``save_model`` (a model and its architecture) and
+``save_tensors``. The public ``save`` (``modelfactory.api``) calls the first, or the
+collective and converting writers.
 
-``save`` writes ``model.safetensors`` (the checkpoint: tensors plus the resolved
-config, format version, ties, library versions and digests in its metadata), or
-shards and their index, and ``config.yaml`` (a copy of the config for people), all
-switched as one set (``_commit``). Only tensors and JSON are written: no Python object
-is ever pickled.
+``save_model`` writes ``model.safetensors`` (the checkpoint: tensors plus the resolved
+config, format version, ties, library versions and digests in its metadata), or shards and
+their index, and ``config.yaml`` (a copy of the config for people), all switched as one set
+(``_commit``). Only tensors and JSON are written: no Python object is ever pickled.
 """
 
 from __future__ import annotations
@@ -29,74 +30,21 @@ from . import _state
 from ._commit import write_set
 from ._shards import INDEX_FILE, parse_size, plan, sharded_files
 
-__all__ = ["save", "save_tensors"]
+__all__ = ["make_parent", "save_model", "save_tensors"]
 
 Pathish = str | os.PathLike
 
 
-def save(
-    model: nn.Module,
-    path: Pathish,
-    *,
-    cfg: Any = None,
-    max_shard_size: int | str | None = None,
-    convert: str | os.PathLike | None = None,
+def save_model(
+    model: nn.Module, path: Pathish, *, cfg: Any = None, max_shard_size: int | str | None = None
 ) -> Path:
-    """Save ``model`` with its architecture, atomically.
-
-    A save to a directory replaces the checkpoint there as one set (weights, index,
-    ``config.yaml``): a crash or kill at any moment leaves the old set or the new one.
-
-    Args:
-        model: a model made by :func:`modelfactory.build` (it carries its config), or any
-            model together with ``cfg``.
-        path: a directory (gets ``model.safetensors`` and ``config.yaml``), or a file name
-            ending in ``.safetensors`` (the file alone; its embedded config suffices).
-        cfg: the config that builds ``model``'s architecture; defaults to the one ``build``
-            recorded (:func:`modelfactory.config_of`).
-        max_shard_size: split the weights into shards of at most this many bytes (an int,
-            or ``"2GB"``, ``"500MB"``, ``"10KB"``, ``"1GiB"``), written as Hugging Face's
-            ``model-00001-of-0000N.safetensors`` plus ``model.safetensors.index.json`` (a
-            tensor bigger than that gets a shard of its own). A model that fits in one
-            shard is saved as ``model.safetensors``. ``None``: one file.
-        convert: a conversion (``"hf_gpt2"`` or a conversion YAML's path): write ``path`` as
-            a foreign directory instead (for ``hf_gpt2``, what ``from_pretrained`` loads:
-            ``model.safetensors`` and ``config.json``); see ``docs/convert.md``.
-
-    A model sharded over a mesh (``build(cfg, mesh=...)``) is saved collectively: every rank
-    calls ``save``, rank 0 writes the files a one-process save writes (see
-    :mod:`modelfactory.distributed`).
-
-    Returns:
-        The ``.safetensors`` file written, or the index of a sharded checkpoint.
-
-    Raises:
-        CheckpointError: no config, a config that is not plain data, lazy layers not
-            materialized, broken ties, a model that no longer matches its config, a
-            ``path`` that is an existing file not named ``*.safetensors``, a sharded save
-            to a file name, or a write that fails (disk full, read-only directory, a
-            directory where a file goes), which leaves the old checkpoint as it was.
-    """
-    from ..distributed import is_sharded
-
-    if is_sharded(model):  # a collective: every rank of the mesh calls it
-        from ..distributed import save_sharded
-
-        return save_sharded(model, path, cfg=cfg, max_shard_size=max_shard_size, convert=convert)
-    if convert is not None:
-        return _save_converted(model, path, convert, cfg, max_shard_size)
+    """:func:`modelfactory.save` of a model in this process: every check, then one atomic
+    write of the file, or of the directory's set (weights or shards and index, and
+    ``config.yaml``). Returns the ``.safetensors`` file written, or the index."""
     path = Path(path)
     file = _target_file(path)
     config, knobs = _config_for(model, cfg, file)
-    _check_materialized(model, file)
-    tensors, nonpersistent = _state.collect(model)
-    config = _state.with_dtype(config, tensors)
-    ties = _check_matches_config(model, config, tensors, nonpersistent, file)
-    try:
-        stored, aliases = fmt.dedupe(tensors)
-    except ValueError as e:
-        raise CheckpointError(file, f"cannot save: {e}") from e
-    doc = _model_doc(model, config, knobs, ties, aliases, nonpersistent)
+    stored, doc = _contents(model, config, knobs, file)
     limit = None if max_shard_size is None else parse_size(max_shard_size, file)
     groups = plan(stored, limit) if limit is not None else [list(stored)]
     make_parent(file)
@@ -110,22 +58,23 @@ def save(
         fmt.write(file, stored, doc)
         return file
     authority = fmt.MODEL_FILE if len(groups) == 1 else INDEX_FILE
-    return _save_set(path, stored, doc, groups, _config_copy(config, knobs, authority))
+    return _save_set(path, stored, doc, groups, _config_copy(doc["config"], knobs, authority))
 
 
-def _save_converted(
-    model: nn.Module, path: Pathish, convert: str | os.PathLike, cfg: Any, max_shard_size: Any
-) -> Path:
-    """``save(convert=...)``: the foreign layout (``modelfactory.convert``)."""
-    from ..convert._weights import save_converted
-
-    if max_shard_size is not None:
-        raise CheckpointError(
-            Path(path),
-            "save(convert=...) writes the foreign layout as one weights file; "
-            "max_shard_size is for modelfactory checkpoints (leave it out)",
-        )
-    return save_converted(model, path, convert, cfg=cfg)
+def _contents(
+    model: nn.Module, config: dict[str, Any], knobs: dict[str, Any], file: Path
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors a checkpoint of ``model`` stores (each shared one once) and its document,
+    once the model is checked against the config that rebuilds it."""
+    _check_materialized(model, file)
+    tensors, nonpersistent = _state.collect(model)
+    config = _state.with_dtype(config, tensors)
+    ties = _check_matches_config(model, config, tensors, nonpersistent, file)
+    try:
+        stored, aliases = fmt.dedupe(tensors)
+    except ValueError as e:
+        raise CheckpointError(file, f"cannot save: {e}") from e
+    return stored, _model_doc(model, config, knobs, ties, aliases, nonpersistent)
 
 
 def _save_set(

@@ -40,8 +40,9 @@ twice, and tensors no rule matches, are errors, reported together.
 
 The package: ``_rules`` (patterns, renames, ties, the ``Conversion``), ``_file`` (finding,
 reading and validating a conversion file), ``_states`` (renaming whole states both ways),
-``_foreign_config`` (the foreign ``config.json``) and ``_dirs`` (foreign directories on
-disk).
+``_foreign_config`` (the foreign ``config.json``), ``_dirs`` (foreign directories on
+disk) and ``_weights`` (a model's weights from and into a foreign directory: what
+``mf.load_weights(convert=)`` and ``mf.save(convert=)`` do).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from ._file import load_conversion, shipped_conversions
 from ._foreign_config import check_config, foreign_config
 from ._rules import INDEX, WEIGHTS, Conversion, Pattern
 from ._states import check_against, export_state, import_state
+from ._weights import load_converted, save_converted
 
 __all__ = [
     "INDEX",
@@ -64,6 +66,8 @@ __all__ = [
     "foreign_config",
     "import_state",
     "load_conversion",
+    "load_converted",
     "read_foreign_dir",
+    "save_converted",
     "shipped_conversions",
 ]

@@ -27,10 +27,11 @@ from torch.distributed.tensor import DTensor
 from .._record import BuildRecord, attach, record_of
 from ..checkpoint import _state
 from ..checkpoint._atomic import identity, unchanged
+from ..checkpoint._files import find_and_read, read_any
 from ..checkpoint._rebuild import ConfigCheck, compare_with_copy, prepare
-from ..checkpoint._shards import INDEX_FILE, read_any, resolved
+from ..checkpoint._shards import INDEX_FILE
 from ..checkpoint._trust import parse_trusted
-from ..checkpoint.read import _copy_of, _float_dtype, fitting
+from ..checkpoint.read import copy_of, fitting, float_dtype
 from ..errors import CheckpointError, DeviceError
 from ..tie import apply_ties, check_ties
 from ._mesh import checked_mesh, local_box, mesh_of
@@ -56,7 +57,7 @@ def load_sharded(
     one-process load's bit for bit. ``checks`` run on the trusted config before any weight
     is read, as in ``load_model``."""
     device = checked_mesh(mesh)
-    cast = _float_dtype(dtype, path)
+    cast = float_dtype(dtype, path)
     if not strict:
         raise CheckpointError(
             Path(path), "load(mesh=...) needs strict=True (a sharded load reads only what fits)"
@@ -64,8 +65,8 @@ def load_sharded(
     check = functools.partial(
         prepare, trusted=parse_trusted(trusted, path), strict=True, checks=checks
     )
-    file, copy, (header, stand_ins) = resolved(
-        path, lambda f: read_any(f, require="model", mmap=None, copy=_copy_of(f), check=check)
+    file, copy, (header, stand_ins) = find_and_read(
+        path, lambda f: read_any(f, require="model", mmap=None, copy=copy_of(f), check=check)
     )
     compare_with_copy(header, copy)
     doc, prepared = header.doc, header.checked
@@ -119,7 +120,7 @@ def load_weights_sharded(
     checked_mesh(own_mesh)
     if mesh is not None and mesh != own_mesh:
         raise DeviceError([("mesh", f"the model is sharded over {own_mesh}, not over {mesh}")])
-    file, _, (header, stand_ins) = resolved(path, lambda f: read_any(f, mmap=None))
+    file, _, (header, stand_ins) = find_and_read(path, lambda f: read_any(f, mmap=None))
     stored_as = {id(t): k for k, t in stand_ins.items()}  # aliases are the same stand-ins
     own = model.state_dict(keep_vars=True)
     chosen = fitting(own, file, header.doc, stand_ins, prefix_map, strict)

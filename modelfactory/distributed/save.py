@@ -12,6 +12,7 @@ raises the error it raised.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,12 @@ from ._mesh import agree, checked_mesh, first_rank, group_of, mesh_of
 __all__ = ["save_sharded"]
 
 
-def save_sharded(model: nn.Module, path: str | os.PathLike, **options: Any) -> Path:
-    """``mf.save(model, path, **options)`` for a model sharded over a mesh; every rank of
-    the mesh calls it (see the module's doc).
+def save_sharded(
+    model: nn.Module, path: str | os.PathLike, write: Callable[[nn.Module], Path], cfg: Any = None
+) -> Path:
+    """``mf.save(model, path, ...)`` for a model sharded over a mesh; every rank of the mesh
+    calls it (see the module's doc). Rank 0 gathers the model whole and ``write`` saves it
+    as a model of one process is saved (``cfg``: the config that builds it, if not its own).
 
     Raises:
         CheckpointError: on every rank, when rank 0's save failed (its message), or when
@@ -41,7 +45,7 @@ def save_sharded(model: nn.Module, path: str | os.PathLike, **options: Any) -> P
     mesh = mesh_of(model)
     checked_mesh(mesh)
     record = record_of(model)
-    if record is None and options.get("cfg") is None:
+    if record is None and cfg is None:
         raise CheckpointError(
             Path(path),
             f"this sharded {type(model).__name__} was not made by modelfactory.build, so its "
@@ -51,11 +55,8 @@ def save_sharded(model: nn.Module, path: str | os.PathLike, **options: Any) -> P
     full = _gathered(model, keep=dist.get_rank() == first)
     written, error = None, None
     if dist.get_rank() == first:
-        from ..checkpoint.write import save
-
         try:
-            whole = _whole(model, full, record, options.get("cfg"), Path(path))
-            written = save(whole, path, **options)
+            written = write(_whole(model, full, record, cfg, Path(path)))
         except Exception as e:  # reported to every rank below, then raised here too
             error = e
     failed = agree(mesh, error)
