@@ -13,7 +13,7 @@ import torch
 
 from ..errors import CheckpointError
 from . import _format as fmt
-from ._atomic import READ_ATTEMPTS, checked_first, stable, vanished
+from ._atomic import READ_ATTEMPTS, checked_first, identity, stable, vanished
 from ._commit import recover
 from ._config_copy import read_copy
 from ._shards import INDEX_FILE, Check, read_sharded, workers
@@ -91,12 +91,23 @@ def read_any(
     if file.name.endswith(".index.json"):
         return read_sharded(file, require=require, mmap=mmap, copy=copy, check=check)
 
+    def first() -> fmt.Header:  # the header alone, and the file it was read from
+        def once() -> fmt.Header:
+            header = fmt.read_header(file, require=require)
+            header.ident = identity(os.stat(file))  # unchanged since opened: stable says so
+            return header
+
+        return stable(file, once)
+
     def rest(
         checked_header: fmt.Header | None, checked: object
     ) -> tuple[fmt.Header, dict[str, torch.Tensor]] | None:
         def once() -> tuple[fmt.Header, dict[str, torch.Tensor]] | None:
-            header = fmt.read_header(file, require=require)
-            if not fmt.same_save(checked_header, header.doc):
+            if checked_header is None:
+                header = fmt.read_header(file, require=require)
+            elif identity(os.stat(file)) == checked_header.ident:
+                header = checked_header  # the very file whose header was checked
+            else:
                 return None  # another save than the one checked: check that one first
             header.checked = checked
             if mmap is None:
@@ -108,4 +119,4 @@ def read_any(
 
         return stable(file, once)
 
-    return checked_first(file, lambda: fmt.read_header(file, require=require), check, rest)
+    return checked_first(file, first, check, rest)

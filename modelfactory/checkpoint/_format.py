@@ -122,6 +122,7 @@ class Header:
     meta: dict[str, str] = field(default_factory=dict)  # the file's metadata, as stored
     copy: bytes | None = None  # config.yaml's bytes, when read with the same version of file
     checked: Any = None  # what a reader's check of this header returned, before any weight
+    ident: tuple[int, ...] | None = None  # the file it was read from (``_atomic.identity``)
 
 
 def read_header(file: Path, *, require: str | None = None) -> Header:
@@ -190,12 +191,6 @@ def parse_doc(file: Path, text: str, require: str | None) -> dict[str, Any]:
             file, f"holds {doc['kind']!r}, not a {require}; use load_tensors() for it"
         )
     return doc
-
-
-def same_save(checked: Header | None, doc: dict[str, Any] | None) -> bool:
-    """Whether ``doc`` is the document of the save whose header was ``checked`` (``None``:
-    nothing was checked, any save will do)."""
-    return checked is None or (doc or {}).get("digest") == (checked.doc or {}).get("digest")
 
 
 def check_index(file: Path, doc: dict[str, Any], index: dict) -> None:

@@ -285,11 +285,15 @@ def read_sharded(
     shard's checked, no tensor data read): the tensors returned are then ``meta`` tensors
     of the stored shapes and dtypes."""
 
+    maps: dict[Any, dict[str, str]] = {}  # the index's weight map, by the file read
+
     def first() -> fmt.Header:  # the index's document alone, for the check
-        return _consistent(
-            index_file,
-            lambda fh: fmt.Header(index_file, _index_doc(index_file, fh, require)[0], {}),
-        )
+        def doc(fh: Any) -> fmt.Header:
+            ident = identity(os.fstat(fh.fileno()))
+            doc, maps[ident] = _index_doc(index_file, fh, require)
+            return fmt.Header(index_file, doc, {}, ident=ident)
+
+        return _consistent(index_file, doc)
 
     def rest(
         checked_doc: fmt.Header | None, checked: Any
@@ -299,8 +303,11 @@ def read_sharded(
     def attempt(
         fh: Any, checked_doc: fmt.Header | None, checked: Any
     ) -> tuple[fmt.Header, dict[str, torch.Tensor]] | None:
-        doc, wmap = _index_doc(index_file, fh, require)
-        if not fmt.same_save(checked_doc, doc):
+        if checked_doc is None:
+            doc, wmap = _index_doc(index_file, fh, require)
+        elif identity(os.fstat(fh.fileno())) == checked_doc.ident:
+            doc, wmap = checked_doc.doc, maps[checked_doc.ident]  # the index checked
+        else:
             return None  # another save than the one checked: check that one first
         parts = _each_shard(
             index_file, _shards_of(doc, wmap), lambda f: _read_shard(f, doc, wmap, mmap)
