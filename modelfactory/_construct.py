@@ -12,7 +12,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -27,9 +27,9 @@ ROOT = "model"
 _NOT_ARGUMENT_ERRORS = (MemoryError, torch.OutOfMemoryError, OSError)
 
 
-@dataclass(eq=False, slots=True)
-class Built:
-    """One module a config node built: which node, and the stream key it was built under."""
+class Built(NamedTuple):
+    """One module a config node built: which node, and the stream key it was built under
+    (a tuple: one is made per module built, and a tuple is made at C speed)."""
 
     module: nn.Module
     node: Node
@@ -70,7 +70,13 @@ def _build_node(node: Node, parent_key: int, ctx: Context, device: torch.device)
 def _build_at(node: Node, key: int, ctx: Context, device: torch.device) -> Any:
     dev = ctx.node_devices.get(key, device) if ctx.node_devices else device
     if node.dynamic:
-        args = [_build_value(a, key, ctx, dev) for a in node.args]
+        # a child node is built here directly: the hot path of a deep tree
+        args = [
+            _build_at(a, mix(key, a.component), ctx, dev)
+            if type(a) is Node
+            else _build_value(a, key, ctx, dev)
+            for a in node.args
+        ]
         kwargs = {}
         for name, v in node.kwargs.items():
             if name in node.factories:

@@ -14,7 +14,7 @@ the streams of the other blocks unchanged.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -26,25 +26,41 @@ _HYDRA_KEYS = frozenset({"_target_", "_args_", "_partial_", "_recursive_", "_con
 MAX_DEPTH = 200
 
 
-@dataclass(eq=False, slots=True)
 class Node:
-    """One ``_target_`` node: what to call and with what."""
+    """One ``_target_`` node: what to call and with what.
 
-    path: str
-    target: Callable[..., Any]
-    target_name: str
-    component: str
-    args: list[Any] = field(default_factory=list)
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    partial: bool = False
-    dynamic: bool = False  # any argument holds a node (needs building)
-    mutable: bool = False  # any argument is a list or dict (copied per call)
-    seeded: bool = True  # re-seed the generator before calling (False: draws nothing)
-    factories: tuple[str, ...] = ()  # kwargs passed as factories (built once per call)
-    prefix: str = ""  # where the node hangs under its parent (kwarg or mapping key)
-    ordinal: str = ""  # "#n" for list items: n-th sibling with the same settings
-    convert: bool = False  # `_convert_: none` here or above: pass OmegaConf containers
-    convert_set: bool = False  # the node sets `_convert_` itself (children inherit it)
+    A plain slotted class, not a dataclass: one is made per config node, and the
+    dataclass ``__init__`` (keywords, default factories) cost twice as much.
+    """
+
+    __slots__ = (
+        "args",  # positional arguments (``_args_``), parsed
+        "component",  # the text that, hashed under the parent's key, gives the stream key
+        "convert",  # `_convert_: none` here or above: pass OmegaConf containers
+        "convert_set",  # the node sets `_convert_` itself (children inherit it)
+        "dynamic",  # any argument holds a node (needs building)
+        "factories",  # kwargs passed as factories (built once per call)
+        "kwargs",  # keyword arguments, parsed
+        "mutable",  # any argument is a list or dict (copied per call)
+        "ordinal",  # "#n" for list items: n-th sibling with the same settings
+        "partial",  # `_partial_: true`: the call returns a functools.partial
+        "path",  # the config path of the node
+        "prefix",  # where the node hangs under its parent (kwarg or mapping key)
+        "seeded",  # re-seed the generator before calling (False: draws nothing)
+        "target",  # what to call
+        "target_name",  # its dotted name
+    )
+
+    def __init__(
+        self, path: str, target: Callable[..., Any], target_name: str, partial: bool = False
+    ) -> None:
+        self.path, self.target, self.target_name, self.partial = path, target, target_name, partial
+        self.component = self.prefix = self.ordinal = ""
+        self.args: list[Any] = []
+        self.kwargs: dict[str, Any] = {}
+        self.dynamic = self.mutable = self.convert = self.convert_set = False
+        self.seeded = True
+        self.factories: tuple[str, ...] = ()
 
 
 @dataclass(eq=False, slots=True)
@@ -96,7 +112,7 @@ def parse_node(
         name = name if type(name) is str else info.qualname
     if "_partial_" in tree or "_recursive_" in tree:
         partial = _special_flags(tree, path, problems, partial)
-    node = Node(path=path, target=info.target, target_name=name, component="", partial=partial)
+    node = Node(path, info.target, name, partial)
     node.seeded = info.draws
     if depth > MAX_DEPTH:
         problems.append((path, f"config nests deeper than {MAX_DEPTH} levels"))
@@ -239,6 +255,8 @@ def _check_call(node: Node, info: _TargetInfo, n_args: int, problems: list) -> N
     path, kwargs = node.path, node.kwargs
     for key, msg in info.sig.problems(node.target_name, n_args, kwargs, node.partial):
         problems.append((path_join(path, key), msg))
+    if not info.factories:
+        return
     for f in info.factories:
         if f in kwargs and not isinstance(kwargs[f], Node):
             got = _kind(kwargs[f])

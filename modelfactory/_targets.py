@@ -121,11 +121,11 @@ class Signature:
         """``(key, message)`` for each argument that does not fit; key ``""`` means the node."""
         keys = kwargs.keys() if isinstance(kwargs, dict) else set(kwargs)
         if (
-            n_args == 0
+            n_args <= self.max_positional
             and (self.accepts_var_kw or keys <= self.name_set)
-            and (partial or keys >= self.required_set)
+            and (partial or not self.required_set or (n_args == 0 and keys >= self.required_set))
         ):
-            return []
+            return []  # the usual case, decided by set operations alone
         kwargs = set(kwargs)
         out = []
         if n_args > self.max_positional:
