@@ -57,138 +57,135 @@ def _model(node: dict[str, Any], **config: Any) -> Callable[[dict], None]:
     return lambda doc: doc["config"].update(model=node, **config)
 
 
-def cases() -> dict[str, tuple[Callable[[dict], None] | None, str, str]]:
-    """name -> (document change, how the child loads it, what kind of copy beside it)."""
-    return {
-        "baseline (the good file)": (None, "load", ""),
-        "Repeat 300,000 Identity": (
-            _model({"_target_": REPEAT, "n": 300_000, "block": ID}),
-            "load",
-            "",
+# name -> (document change, how the child loads it, what kind of copy beside it)
+CASES: dict[str, tuple[Callable[[dict], None] | None, str, str]] = {
+    "baseline (the good file)": (None, "load", ""),
+    "Repeat 300,000 Identity": (
+        _model({"_target_": REPEAT, "n": 300_000, "block": ID}),
+        "load",
+        "",
+    ),
+    "Repeat 49,000 Identity (under the bound)": (
+        _model({"_target_": REPEAT, "n": 49_000, "block": ID}),
+        "load",
+        "",
+    ),
+    "Repeat 24,000 Linear(1,1), strict=False (builds for real)": (
+        _model({"_target_": REPEAT, "n": 24_000, "block": _lin(1, 1)}),
+        "nonstrict",
+        "",
+    ),
+    "TransformerEncoder 1,600 layers (under the bound)": (
+        _model(
+            {
+                "_target_": "torch.nn.TransformerEncoder",
+                "encoder_layer": TE_LAYER,
+                "num_layers": 1_600,
+                "enable_nested_tensor": False,
+            }
         ),
-        "Repeat 49,000 Identity (under the bound)": (
-            _model({"_target_": REPEAT, "n": 49_000, "block": ID}),
-            "load",
-            "",
-        ),
-        "Repeat 24,000 Linear(1,1), strict=False (builds for real)": (
-            _model({"_target_": REPEAT, "n": 24_000, "block": _lin(1, 1)}),
-            "nonstrict",
-            "",
-        ),
-        "TransformerEncoder 1,600 layers (under the bound)": (
-            _model(
-                {
+        "load",
+        "",
+    ),
+    "TransformerEncoder 20,000 layers x Repeat 3": (
+        _model(
+            {
+                "_target_": REPEAT,
+                "n": 3,
+                "block": {
                     "_target_": "torch.nn.TransformerEncoder",
                     "encoder_layer": TE_LAYER,
-                    "num_layers": 1_600,
-                    "enable_nested_tensor": False,
-                }
-            ),
-            "load",
-            "",
-        ),
-        "TransformerEncoder 20,000 layers x Repeat 3": (
-            _model(
-                {
-                    "_target_": REPEAT,
-                    "n": 3,
-                    "block": {
-                        "_target_": "torch.nn.TransformerEncoder",
-                        "encoder_layer": TE_LAYER,
-                        "num_layers": 20_000,
-                    },
-                }
-            ),
-            "load",
-            "",
-        ),
-        "LSTM 1,000 layers (at the bound)": (
-            _model(
-                {
-                    "_target_": "torch.nn.LSTM",
-                    "input_size": 1,
-                    "hidden_size": 1,
-                    "num_layers": 1_000,
-                }
-            ),
-            "load",
-            "",
-        ),
-        "LSTM 20,000 layers": (
-            _model(
-                {
-                    "_target_": "torch.nn.LSTM",
-                    "input_size": 1,
-                    "hidden_size": 1,
                     "num_layers": 20_000,
-                }
-            ),
-            "load",
-            "",
+                },
+            }
         ),
-        "Linear(20000, 20000, device=cpu)": (
-            _model({"_target_": SEQ, "layers": [_lin(20000, 20000, device="cpu"), _lin(8, 2)]}),
-            "load",
-            "",
+        "load",
+        "",
+    ),
+    "LSTM 1,000 layers (at the bound)": (
+        _model(
+            {
+                "_target_": "torch.nn.LSTM",
+                "input_size": 1,
+                "hidden_size": 1,
+                "num_layers": 1_000,
+            }
         ),
-        "Linear(20000, 20000, device=cpu), strict=False": (
-            _model({"_target_": SEQ, "layers": [_lin(20000, 20000, device="cpu"), _lin(8, 2)]}),
-            "nonstrict",
-            "",
+        "load",
+        "",
+    ),
+    "LSTM 20,000 layers": (
+        _model(
+            {
+                "_target_": "torch.nn.LSTM",
+                "input_size": 1,
+                "hidden_size": 1,
+                "num_layers": 20_000,
+            }
         ),
-        "Repeat name {i:200000000}": (
-            _model({"_target_": REPEAT, "n": 4, "block": _lin(4, 4), "name": "{i:200000000}"}),
-            "load",
-            "",
+        "load",
+        "",
+    ),
+    "Linear(20000, 20000, device=cpu)": (
+        _model({"_target_": SEQ, "layers": [_lin(20000, 20000, device="cpu"), _lin(8, 2)]}),
+        "load",
+        "",
+    ),
+    "Linear(20000, 20000, device=cpu), strict=False": (
+        _model({"_target_": SEQ, "layers": [_lin(20000, 20000, device="cpu"), _lin(8, 2)]}),
+        "nonstrict",
+        "",
+    ),
+    "Repeat name {i:200000000}": (
+        _model({"_target_": REPEAT, "n": 4, "block": _lin(4, 4), "name": "{i:200000000}"}),
+        "load",
+        "",
+    ),
+    "900,000 config values": (
+        _model({"_target_": "torch.nn.Unflatten", "dim": 1, "unflattened_size": [1] * 900_000}),
+        "load",
+        "",
+    ),
+    "Repeat 9,000 x 100-value list": (
+        _model(
+            {
+                "_target_": REPEAT,
+                "n": 9_000,
+                "block": {
+                    "_target_": "torch.nn.Unflatten",
+                    "dim": 1,
+                    "unflattened_size": [1] * 100,
+                },
+            }
         ),
-        "900,000 config values": (
-            _model({"_target_": "torch.nn.Unflatten", "dim": 1, "unflattened_size": [1] * 900_000}),
-            "load",
-            "",
+        "load",
+        "",
+    ),
+    "input_shape [2**24] through 300 blocks": (
+        _model({"_target_": REPEAT, "n": 300, "block": ID}, input_shape=[2**24]),
+        "load",
+        "",
+    ),
+    "restore: input [2**25, 4], sample pass measured on meta": (
+        _model({"_target_": SEQ, "layers": [_lin(4, 8), _lin(8, 2)]}, input_shape=[2**28 // 8, 4]),
+        "restore",
+        "",
+    ),
+    "untrusted torch.nn.attention.flex_attention.BlockMask": (
+        _model(
+            {
+                "_target_": SEQ,
+                "layers": [{"_target_": "torch.nn.attention.flex_attention.BlockMask"}],
+            }
         ),
-        "Repeat 9,000 x 100-value list": (
-            _model(
-                {
-                    "_target_": REPEAT,
-                    "n": 9_000,
-                    "block": {
-                        "_target_": "torch.nn.Unflatten",
-                        "dim": 1,
-                        "unflattened_size": [1] * 100,
-                    },
-                }
-            ),
-            "load",
-            "",
-        ),
-        "input_shape [2**24] through 300 blocks": (
-            _model({"_target_": REPEAT, "n": 300, "block": ID}, input_shape=[2**24]),
-            "load",
-            "",
-        ),
-        "restore: input [2**25, 4], sample pass measured on meta": (
-            _model(
-                {"_target_": SEQ, "layers": [_lin(4, 8), _lin(8, 2)]}, input_shape=[2**28 // 8, 4]
-            ),
-            "restore",
-            "",
-        ),
-        "untrusted torch.nn.attention.flex_attention.BlockMask": (
-            _model(
-                {
-                    "_target_": SEQ,
-                    "layers": [{"_target_": "torch.nn.attention.flex_attention.BlockMask"}],
-                }
-            ),
-            "load",
-            "",
-        ),
-        "config.yaml: billion laughs": (None, "load", "laughs"),
-        "config.yaml: 8 GiB sparse file": (None, "load", "huge"),
-        "config.yaml: 1 MiB, 100,000 levels deep": (None, "load", "deep"),
-        "config.yaml: 1 MiB of 4000-digit ints": (None, "load", "ints"),
-    }
+        "load",
+        "",
+    ),
+    "config.yaml: billion laughs": (None, "load", "laughs"),
+    "config.yaml: 8 GiB sparse file": (None, "load", "huge"),
+    "config.yaml: 1 MiB, 100,000 levels deep": (None, "load", "deep"),
+    "config.yaml: 1 MiB of 4000-digit ints": (None, "load", "ints"),
+}
 
 
 def _copy(kind: str, path: Path) -> None:
@@ -236,7 +233,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         good = _good(Path(tmp))
         rows = []
-        for i, (name, (mutate, how, copy)) in enumerate(cases().items()):
+        for i, (name, (mutate, how, copy)) in enumerate(CASES.items()):
             if args.only and args.only not in name:
                 continue
             directory = Path(tmp) / f"case{i}"

@@ -70,9 +70,8 @@ def normalize(
         cfg: the config, in any form :func:`modelfactory.build` takes.
         collect: interpolations that do not resolve go to ``problems`` instead of raising,
             to be reported with the model's other problems.
-        seed, device, dtype: ``build``'s keywords: when not ``None`` they replace ``seed``,
-            ``device.device`` and ``device.dtype`` before anything is checked, and are
-            checked as those keys are.
+        seed, device, dtype: ``build``'s keywords, which replace ``seed``, ``device.device``
+            and ``device.dtype`` (unless ``None``) and are checked as those keys are.
     """
     r = resolve(cfg, collect=collect)
     plain = r.tree
@@ -90,25 +89,13 @@ def normalize(
     given = {k: v for k, v in plain.items() if k in BUILD_KEYS}
     full = {**defaults, **{k: v for k, v in given.items() if v is not None or k == "input_shape"}}
     seed, shape = full["seed"], full["input_shape"]
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        problems.append(("seed", f"expected an integer, got {seed!r}"))
-    elif not SEED_MIN <= seed <= SEED_MAX:  # what torch.Generator.manual_seed takes
-        problems.append(("seed", f"expected an integer from -2**63 to 2**64 - 1, got {seed}"))
+    problems += _seed_problems(seed)
     init = _section(full, "init", ("rules",), problems)
     tie = _section(full, "tie", ("groups",), problems)
     dev = _section(full, "device", ("device", "dtype", "map"), problems)
     rules = _listed(init, "init.rules", "a list of rules", problems)
     groups = _listed(tie, "tie.groups", "a list of groups (lists of paths)", problems)
-    if shape is not None and (
-        not isinstance(shape, list)
-        or not shape
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
-    ):
-        problems.append(("input_shape", f"expected a list of positive integers, got {shape!r}"))
-    elif shape is not None and math.prod(shape) > MAX_ELEMENTS:
-        problems.append(
-            ("input_shape", f"{shape} has more elements than a tensor can hold (2**63 - 1)")
-        )
+    problems += _shape_problems(shape)
     if problems:
         raise ConfigError(without_overlaps(r.problems, problems))
     return BuildConfig(
@@ -125,6 +112,27 @@ def normalize(
         knobs=knobs,
         problems=r.problems,
     )
+
+
+def _seed_problems(seed: Any) -> list[tuple[str, str]]:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        return [("seed", f"expected an integer, got {seed!r}")]
+    if not SEED_MIN <= seed <= SEED_MAX:  # what torch.Generator.manual_seed takes
+        return [("seed", f"expected an integer from -2**63 to 2**64 - 1, got {seed}")]
+    return []
+
+
+def _shape_problems(shape: Any) -> list[tuple[str, str]]:
+    out = []
+    if shape is not None and (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+    ):
+        out.append(("input_shape", f"expected a list of positive integers, got {shape!r}"))
+    elif shape is not None and math.prod(shape) > MAX_ELEMENTS:
+        out.append(("input_shape", f"{shape} has more elements than a tensor can hold (2**63 - 1)"))
+    return out
 
 
 def _with_keywords(plain: dict[str, Any], seed: Any, placement: dict[str, Any]) -> dict[str, Any]:

@@ -101,12 +101,10 @@ def load(
             With ``strict=False`` mismatches are warned about: unexpected tensors are
             ignored, dtype mismatches cast, and missing or mis-shaped ones keep the
             config's seeded initialization.
-        mmap: ``False`` (default): the weights are read into memory of their own (one copy;
-            shards in parallel), so the file may be overwritten or deleted afterwards.
-            ``True``: the weights stay memory-mapped from the file (no copy, pages read
-            when touched); the file must then not change while the model lives: a file
-            overwritten in place changes the weights, and one truncated kills the process
-            (``SIGBUS``). Saves never write in place, they rename.
+        mmap: ``False`` (default): the weights are read into memory of their own (shards
+            in parallel); the file may change afterwards. ``True``: they stay mapped from
+            the file (no copy), which must then not change in place while the model lives
+            (a truncated file kills the process with ``SIGBUS``; saves only rename).
         mesh: a ``DeviceMesh``: the model comes back sharded over it (FSDP2, as
             ``build(cfg, mesh=...)`` shards it, ``fsdp_units`` alike), each rank reading only
             its own rows of the file; the mesh gives the device (``device`` must be ``None``).
@@ -124,15 +122,10 @@ def load(
         from .checkpoint.read import load_model
 
         return load_model(path, device, dtype, trusted, strict, mmap=mmap)
-    if device is not None:
-        raise CheckpointError(
-            Path(path), "load(mesh=...) places the model on the mesh's devices; leave device out"
-        )
     from .distributed import load_sharded
 
-    return load_sharded(
-        path, mesh, dtype=dtype, trusted=trusted, strict=strict, fsdp_units=fsdp_units
-    )
+    options = {"dtype": dtype, "trusted": trusted, "strict": strict, "fsdp_units": fsdp_units}
+    return load_sharded(path, mesh, device=device, **options)
 
 
 def load_weights(

@@ -46,6 +46,7 @@ def load_sharded(
     path: Pathish,
     mesh: Any,
     *,
+    device: Any = None,
     dtype: str | torch.dtype | None = None,
     trusted: Iterable[str] = (),
     strict: bool = True,
@@ -55,7 +56,11 @@ def load_sharded(
     """``mf.load(path, mesh=mesh)``: the saved model, sharded over ``mesh``, each rank
     reading only its rows (see the module's doc). Outputs and gathered values equal a
     one-process load's bit for bit. ``checks`` run on the trusted config before any weight
-    is read, as in ``load_model``."""
+    is read, as in ``load_model``. The mesh gives the device: ``device`` must be ``None``."""
+    if device is not None:
+        raise CheckpointError(
+            Path(path), "load(mesh=...) places the model on the mesh's devices; leave device out"
+        )
     device = checked_mesh(mesh)
     cast = float_dtype(dtype, path)
     if not strict:
