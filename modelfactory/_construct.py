@@ -84,8 +84,8 @@ def _build_at(node: Node, key: int, ctx: Context, device: torch.device) -> Any:
             else:
                 kwargs[name] = _build_value(v, key, ctx, dev)
     elif node.mutable:
-        args = [_fresh(a) for a in node.args]
-        kwargs = {k: _fresh(v) for k, v in node.kwargs.items()}
+        args = [_fresh_copy(a) for a in node.args]
+        kwargs = {k: _fresh_copy(v) for k, v in node.kwargs.items()}
     else:
         args, kwargs = node.args, node.kwargs  # immutable scalars: safe to pass as they are
     if dev.type == "meta":
@@ -145,7 +145,7 @@ def _build_value(v: Any, key: int, ctx: Context, device: torch.device) -> Any:
     if type(v) is dict:
         return {k: _build_value(x, key, ctx, device) for k, x in v.items()}
     if type(v) is Raw:
-        return _fresh(v.value)
+        return _fresh_copy(v.value)
     return v
 
 
@@ -162,12 +162,12 @@ def _omegaconf_containers(args: list[Any], kwargs: dict[str, Any]) -> tuple[list
     return [wrap(a) for a in args], {k: wrap(v) for k, v in kwargs.items()}
 
 
-def _fresh(v: Any) -> Any:
+def _fresh_copy(v: Any) -> Any:
     """A private copy of a container value, so a target that mutates it cannot alter the spec."""
     if type(v) is list:
-        return [_fresh(x) for x in v]
+        return [_fresh_copy(x) for x in v]
     if type(v) is dict:
-        return {k: _fresh(x) for k, x in v.items()}
+        return {k: _fresh_copy(x) for k, x in v.items()}
     return v
 
 

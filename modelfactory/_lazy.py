@@ -89,7 +89,7 @@ def is_meta_limitation(e: BaseException | None) -> bool:
     return any(s in text for s in hints)
 
 
-def _twin(record: Built) -> tuple[str, dict[str, Any]] | None:
+def _eager_twin(record: Built) -> tuple[str, dict[str, Any]] | None:
     """``(eager target, the arguments the lazy node lacked)``, or ``None`` without a twin."""
     cls = type(record.module)
     if isinstance(record.module, LazyModuleMixin) or record.node.args:
@@ -115,7 +115,7 @@ def eager_tree(tree: dict[str, Any], records: list[Built]) -> dict[str, Any] | N
         target = r.node.target
         if not (isinstance(target, type) and issubclass(target, LazyModuleMixin)):
             continue
-        twin = _twin(r)
+        twin = _eager_twin(r)
         if twin is None or rewrites.setdefault(r.node.path, twin) != twin:
             return None
     return _rewrite(tree, ROOT, rewrites) if rewrites else tree

@@ -20,7 +20,7 @@ promoted into an integer tensor still takes the global default dtype.
 
 The fast path: a CPU build in a process with no other Python thread (nobody can observe
 the state it borrows) seeds the default CPU generator per node and sets the default dtype,
-inside ``torch.random.fork_rng`` and a restore of the dtype (:func:`alone`): the same
+inside ``torch.random.fork_rng`` and a restore of the dtype (:func:`borrowed_defaults`): the same
 values, without routing every torch call through the mode.
 """
 
@@ -40,8 +40,8 @@ __all__ = [
     "RANDOM_FILLS",
     "DrawFrom",
     "Streams",
-    "alone",
-    "alone_on_cpu",
+    "borrowed_defaults",
+    "may_borrow_defaults",
     "mix",
     "root_key",
     "sample_generator",
@@ -165,7 +165,7 @@ class DrawFrom(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def alone_on_cpu(device: torch.device) -> bool:
+def may_borrow_defaults(device: torch.device) -> bool:
     """Whether a CPU build may take the fast path: no other Python thread exists (none can
     see the process-wide state it borrows), so it need not route every torch call through
     :class:`DrawFrom` (about 13 us per ``Linear``)."""
@@ -181,10 +181,10 @@ class _DefaultStreams(Streams):
 
 
 @contextmanager
-def alone(dtype: torch.dtype) -> Iterator[Streams]:
+def borrowed_defaults(dtype: torch.dtype) -> Iterator[Streams]:
     """The single-threaded fast path of a CPU build: constructors draw from the default
     generator and make ``dtype`` tensors by default; the caller's RNG state and default
-    dtype are restored afterwards. Only when :func:`alone_on_cpu`."""
+    dtype are restored afterwards. Only when :func:`may_borrow_defaults`."""
     old = torch.get_default_dtype()
     with torch.random.fork_rng(devices=[]):
         if dtype != old:

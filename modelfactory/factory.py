@@ -28,7 +28,7 @@ from ._lazy import (
 )
 from ._record import BuildRecord, attach
 from ._sample import sample_input, traced
-from ._seeding import DrawFrom, Streams, alone, alone_on_cpu, mix, root_key
+from ._seeding import DrawFrom, Streams, borrowed_defaults, may_borrow_defaults, mix, root_key
 from ._spec import Node, parse_node
 from .errors import BuildError, ConfigError, DeviceError, TieError
 from .init import Rule, apply_rules, parse_rules
@@ -202,8 +202,9 @@ def _construct(plan: Plan, bc: BuildConfig, ctx: Context) -> tuple[nn.Module, li
     # On meta nothing draws: the mode is needed there only for a dtype other than the default,
     # or for blocks device.map puts elsewhere.
     routed = not on_meta or plan.dtype != torch.get_default_dtype() or bool(ctx.node_devices)
-    if routed and not ctx.node_devices and alone_on_cpu(ctx.device):
-        with alone(plan.dtype) as ctx.streams:  # no other thread: the same values, faster
+    if routed and not ctx.node_devices and may_borrow_defaults(ctx.device):
+        # no other thread: the same values, faster
+        with borrowed_defaults(plan.dtype) as ctx.streams:
             model = construct(plan.spec, root_key(bc.seed), ctx)
     else:
         with (

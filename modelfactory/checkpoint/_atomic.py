@@ -1,7 +1,7 @@
 """Files that are never seen half-written, and reads that see one version of a file.
 
 ``atomic_write`` goes through a temporary file in the same directory, fsyncs and
-renames; ``stable`` retries a read that opens a file more than once until the file
+renames; ``read_one_version`` retries a read that opens a file more than once until the file
 stayed the same file throughout (a save landing between two opens would mix two
 checkpoints).
 """
@@ -26,9 +26,9 @@ __all__ = [
     "checked_first",
     "identity",
     "missing",
+    "read_one_version",
     "regular",
     "remove_orphans",
-    "stable",
     "sync_dir",
     "sync_file",
     "temp_for",
@@ -132,7 +132,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def stable(file: Path, read: Callable[[], T]) -> T:
+def read_one_version(file: Path, read: Callable[[], T]) -> T:
     """``read()``, which opens ``file`` more than once, retried until ``file`` stayed the same
     file throughout: a save (an atomic rename) landing between two opens would otherwise mix
     one checkpoint's document with another's tensors, a model that was never saved."""

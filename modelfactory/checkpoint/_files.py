@@ -13,7 +13,7 @@ import torch
 
 from ..errors import CheckpointError
 from . import _format as fmt
-from ._atomic import READ_ATTEMPTS, checked_first, identity, stable, vanished
+from ._atomic import READ_ATTEMPTS, checked_first, identity, read_one_version, vanished
 from ._commit import recover
 from ._config_copy import read_copy
 from ._shards import INDEX_FILE, Check, read_sharded, workers
@@ -94,10 +94,11 @@ def read_any(
     def first() -> fmt.Header:  # the header alone, and the file it was read from
         def once() -> fmt.Header:
             header = fmt.read_header(file, require=require)
-            header.ident = identity(os.stat(file))  # unchanged since opened: stable says so
+            # the file as opened: read_one_version checks that it stayed so
+            header.ident = identity(os.stat(file))
             return header
 
-        return stable(file, once)
+        return read_one_version(file, once)
 
     def rest(
         checked_header: fmt.Header | None, checked: object
@@ -117,6 +118,6 @@ def read_any(
             header.copy = read_copy(copy)  # a save renames the copy after the file
             return header, tensors
 
-        return stable(file, once)
+        return read_one_version(file, once)
 
     return checked_first(file, first, check, rest)

@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from ..errors import CheckpointError
-from ._atomic import atomic_write_or_fail, missing, stable
+from ._atomic import atomic_write_or_fail, missing, read_one_version
 from ._bounds import check_shapes
 from ._reader import read_owned
 from ._schema import is_count, schema_problems, short
@@ -226,7 +226,9 @@ def read(
     file: Path, *, require: str | None = None, mmap: bool = True
 ) -> tuple[Header, dict[str, torch.Tensor]]:
     """The header and the tensors of ``file``, both read from the same version of it."""
-    return stable(file, lambda: (read_header(file, require=require), read_tensors(file, mmap)))
+    return read_one_version(
+        file, lambda: (read_header(file, require=require), read_tensors(file, mmap))
+    )
 
 
 def first_bad_tensor(header: Header, listed: dict[str, list] | None = None) -> str | None:

@@ -73,7 +73,7 @@ def prepare(
     shapes = {k: shape for k, (_, shape) in stored.items()}
     skeleton = _state.skeleton(config, shapes, file, stored_bytes(header))
     _state.check_nonpersistent(skeleton, nonpersistent, file)
-    expected = _state.expected(skeleton, nonpersistent)
+    expected = _state.wanted_signature(skeleton, nonpersistent)
     problems = _state.mismatches(expected, stored)
     if problems and strict:
         raise CheckpointError(
@@ -104,7 +104,7 @@ def assemble(
             f"{file}: loading what fits:\n  " + "\n  ".join(prepared.problems), stacklevel=4
         )
         record = record_of(model)
-        model = _state.fit(
+        model = _state.model_with_what_fits(
             model, prepared.config, tensors, prepared.expected, nonpersistent, aliases
         )
         if record_of(model) is None:

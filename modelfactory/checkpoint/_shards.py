@@ -242,7 +242,7 @@ def _each_shard(index_file: Path, names: list[str], work: Callable[[Path], Any])
         return list(pool.map(work, files))
 
 
-def _consistent(index_file: Path, attempt: Callable[[Any], Any]) -> Any:
+def _read_consistent(index_file: Path, attempt: Callable[[Any], Any]) -> Any:
     """``attempt(open index)``, read again while the set changes under it (a save landing)."""
     for _ in range(READ_ATTEMPTS):
         try:
@@ -293,12 +293,12 @@ def read_sharded(
             doc, maps[ident] = _index_doc(index_file, fh, require)
             return fmt.Header(index_file, doc, {}, ident=ident)
 
-        return _consistent(index_file, doc)
+        return _read_consistent(index_file, doc)
 
     def rest(
         checked_doc: fmt.Header | None, checked: Any
     ) -> tuple[fmt.Header, dict[str, torch.Tensor]] | None:
-        return _consistent(index_file, lambda fh: attempt(fh, checked_doc, checked))
+        return _read_consistent(index_file, lambda fh: attempt(fh, checked_doc, checked))
 
     def attempt(
         fh: Any, checked_doc: fmt.Header | None, checked: Any
@@ -349,4 +349,4 @@ def verify_sharded(index_file: Path) -> tuple[int, int]:
         counts = _each_shard(index_file, doc["shards"], lambda f: check(f, doc, wmap))
         return sum(n for n, _ in counts), sum(b for _, b in counts) + index_file.stat().st_size
 
-    return _consistent(index_file, attempt)
+    return _read_consistent(index_file, attempt)

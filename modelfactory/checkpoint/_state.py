@@ -27,13 +27,13 @@ __all__ = [
     "check_restorable",
     "collect",
     "eval_modules",
-    "expected",
-    "fit",
     "lazy_names",
     "mismatches",
+    "model_with_what_fits",
     "restore_modes",
     "signature",
     "skeleton",
+    "wanted_signature",
     "with_dtype",
 ]
 
@@ -260,7 +260,7 @@ def skeleton(config: dict[str, Any], shapes: dict[str, Any], file: Path, nbytes:
         raise CheckpointError(file, f"the embedded config does not build:\n{e}") from e
 
 
-def expected(skeleton: nn.Module, nonpersistent: list[str]) -> dict[str, Any]:
+def wanted_signature(skeleton: nn.Module, nonpersistent: list[str]) -> dict[str, Any]:
     """Name -> (dtype, shape) of every tensor the rebuilt architecture wants."""
     out = signature(skeleton.state_dict(keep_vars=True))
     buffers = dict(skeleton.named_buffers(remove_duplicate=False))
@@ -268,7 +268,7 @@ def expected(skeleton: nn.Module, nonpersistent: list[str]) -> dict[str, Any]:
     return out
 
 
-def fit(
+def model_with_what_fits(
     skeleton: nn.Module,
     config: dict[str, Any],
     tensors: dict[str, torch.Tensor],

@@ -28,7 +28,7 @@ from ..errors import CheckpointError
 from ..tie import check_ties
 from . import _format as fmt
 from . import _state
-from ._atomic import stable
+from ._atomic import read_one_version
 from ._files import checkpoint_paths, find_and_read, read_any
 from ._rebuild import ConfigCheck, assemble, compare_with_copy, prepare
 from ._shards import INDEX_FILE, verify_sharded
@@ -38,8 +38,8 @@ __all__ = [
     "Verified",
     "copy_of",
     "copy_weights",
-    "fitting",
     "float_dtype",
+    "landing_tensors",
     "load_model",
     "load_tensors",
     "verify",
@@ -117,12 +117,12 @@ def copy_weights(
     file, _, (header, stored) = find_and_read(path, read_any)
     own = model.state_dict(keep_vars=True)
     with torch.no_grad():
-        for key, t in fitting(own, file, header.doc, stored, prefix_map, strict).items():
+        for key, t in landing_tensors(own, file, header.doc, stored, prefix_map, strict).items():
             own[key].copy_(t)
     return model
 
 
-def fitting(
+def landing_tensors(
     own: dict[str, torch.Tensor],
     file: Path,
     doc: dict[str, Any] | None,
@@ -222,7 +222,7 @@ def verify(path: Pathish) -> Verified:
 def _verify_file(file: Path) -> Verified:
     if file.name.endswith(".index.json"):
         return Verified(file, *verify_sharded(file))
-    return stable(file, lambda: _verify_once(file))
+    return read_one_version(file, lambda: _verify_once(file))
 
 
 def _verify_once(file: Path) -> Verified:

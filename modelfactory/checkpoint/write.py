@@ -177,7 +177,7 @@ def _check_matches_config(
     nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
     skeleton = _state.skeleton(config, {k: t.shape for k, t in tensors.items()}, file, nbytes)
     problems = _state.mismatches(
-        _state.expected(skeleton, nonpersistent),
+        _state.wanted_signature(skeleton, nonpersistent),
         _state.signature(tensors),
         found_in="the model",
         expected_in="its config",

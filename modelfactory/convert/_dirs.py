@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..checkpoint._atomic import atomic_write_or_fail, stable
+from ..checkpoint._atomic import atomic_write_or_fail, read_one_version
 from ..checkpoint._shards import weight_map
 from ..errors import CheckpointError
 from ._file import as_conversion
@@ -56,7 +56,7 @@ def _load(file: Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(file, f"not a readable safetensors file ({e})") from e
 
-    return stable(file, read)
+    return read_one_version(file, read)
 
 
 def _read_shards(index: Path) -> dict[str, torch.Tensor]:

@@ -31,7 +31,7 @@ from ..checkpoint._files import find_and_read, read_any
 from ..checkpoint._rebuild import ConfigCheck, compare_with_copy, prepare
 from ..checkpoint._shards import INDEX_FILE
 from ..checkpoint._trust import parse_trusted
-from ..checkpoint.read import copy_of, fitting, float_dtype
+from ..checkpoint.read import copy_of, float_dtype, landing_tensors
 from ..errors import CheckpointError, DeviceError
 from ..tie import apply_ties, check_ties
 from ._mesh import checked_mesh, local_box, mesh_of
@@ -128,7 +128,7 @@ def load_weights_sharded(
     file, _, (header, stand_ins) = find_and_read(path, lambda f: read_any(f, mmap=None))
     stored_as = {id(t): k for k, t in stand_ins.items()}  # aliases are the same stand-ins
     own = model.state_dict(keep_vars=True)
-    chosen = fitting(own, file, header.doc, stand_ins, prefix_map, strict)
+    chosen = landing_tensors(own, file, header.doc, stand_ins, prefix_map, strict)
     _read_into(file, {stored_as[id(t)]: own[k] for k, t in chosen.items()}, stand_ins)
     return model
 
