@@ -87,6 +87,7 @@ def _task(cfg: DictConfig) -> dict[str, Any] | None:
             job.check_overrides(cfg, list(hc.overrides.task))
             return job.build_job(cfg, out_dir)
         (out_dir / job.METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+        log.info("%s written to %s", job.METRICS_FILE, out_dir)
         return metrics
     except Exception as e:
         if _verbose(cfg) or not (isinstance(e, ModelFactoryError) or hc.mode == RunMode.MULTIRUN):
@@ -100,7 +101,32 @@ def _task(cfg: DictConfig) -> dict[str, Any] | None:
                 json.dumps({"error": text, "type": type(e).__name__})
             )
             return None
+        if isinstance(e, ConfigError):  # nothing ran: leave no run directory behind
+            _discard_run_dir(out_dir, f"{hc.job.name}.log")
         raise SystemExit(2 if isinstance(e, ConfigError) else 1) from e
+
+
+# What Hydra writes into a run directory before the job runs.
+_HYDRA_FILES = {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"}
+
+
+def _discard_run_dir(out_dir: Path, log_name: str) -> None:
+    """Remove the run directory of a run that a config error stopped before it did anything,
+    and the parents it left empty (``outputs/DATE``), when it holds Hydra's files alone: a
+    directory of the user's own (``hydra.run.dir=.``) is left as it is."""
+    files = {str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if not p.is_dir()}
+    if not files <= {*_HYDRA_FILES, log_name}:
+        return
+    for name in files:
+        (out_dir / name).unlink(missing_ok=True)
+    stop = Path.cwd().resolve()
+    for folder in [out_dir / ".hydra", out_dir, *out_dir.parents]:
+        if folder.resolve() == stop or stop not in folder.resolve().parents:
+            break
+        try:
+            folder.rmdir()  # only an empty one
+        except OSError:
+            break
 
 
 def _hydra_error(e: Exception) -> str:

@@ -90,6 +90,7 @@ def test_restore_prints_the_same_checksum_and_verify_checks_the_digest(main_run)
     [(saved, _)] = CHECKSUM.findall(first.stdout)
     r = run(cwd, "restore=outputs/rgnet", "hydra.run.dir=outputs/restored")
     assert r.returncode == 0, r.stderr
+    assert f"metrics.json written to {cwd / 'outputs/restored'}" in r.stdout
     assert CHECKSUM.findall(r.stdout) == CHECKSUM.findall(first.stdout)
     assert saved in r.stdout and "total params" in r.stdout
 
@@ -101,6 +102,7 @@ def test_restore_prints_the_same_checksum_and_verify_checks_the_digest(main_run)
     ok = run(cwd, "verify=outputs/rgnet", "hydra.run.dir=outputs/v1")
     ko = run(cwd, "verify=outputs/bad", "hydra.run.dir=outputs/v2")
     assert ok.returncode == 0 and "OK" in ok.stdout, ok.stderr
+    assert f"metrics.json written to {cwd / 'outputs/v1'}" in ok.stdout
     assert ko.returncode == 1
     assert "does not match the digest" in ko.stdout + ko.stderr
     assert "Traceback" not in ko.stdout + ko.stderr
@@ -179,12 +181,15 @@ def test_sweep_with_failed_jobs_reports_the_others_and_names_the_failures(tmp_pa
 def test_bad_config_is_one_paragraph_naming_the_key(
     tmp_path: Path, override: str, key: str, code: int
 ) -> None:
-    r = run(tmp_path, *override.split(), "hydra.run.dir=outputs/x")
+    r = run(tmp_path, *override.split(), "hydra.run.dir=outputs/x/run")
     assert r.returncode == code, r.stdout + r.stderr
     text = (r.stdout + r.stderr).strip()
     message = text[text.index("modelfactory: error:") :]
     assert "\n\n" not in message and "Traceback" not in text
     assert key in message
+    # a config error leaves no run directory (nor the parent it made); a failed build keeps its
+    # directory and log
+    assert (tmp_path / "outputs").exists() == (code == 1)
 
 
 README_EXAMPLES = [
