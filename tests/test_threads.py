@@ -133,9 +133,9 @@ def test_the_single_threaded_fast_path_builds_what_the_routed_path_builds(name, 
     cfg = compose(overrides)
     taken: list[bool] = []  # forced: another test may have left a thread running
     monkeypatch.setattr(
-        factory, "alone_on_cpu", lambda d: taken.append(d.type == "cpu") or taken[-1]
+        factory, "may_borrow_defaults", lambda d: taken.append(d.type == "cpu") or taken[-1]
     )
     fast = digest(mf.build(cfg, **kw))
     assert True in taken
-    monkeypatch.setattr(factory, "alone_on_cpu", lambda d: False)
+    monkeypatch.setattr(factory, "may_borrow_defaults", lambda d: False)
     assert digest(mf.build(cfg, **kw)) == fast
