@@ -20,8 +20,8 @@ from modelfactory._app import job
 from modelfactory.checkpoint import _format
 from modelfactory.errors import CheckpointError
 
+from .checkpoint_helpers import rewrite
 from .conftest import RELU, lin, seq
-from .test_hostile_checkpoints import rewrite
 
 
 @pytest.fixture

@@ -23,9 +23,9 @@ from modelfactory.errors import (
     UntrustedTargetError,
 )
 
+from .checkpoint_helpers import raw_file, rewrite
+from .cli_helpers import run
 from .conftest import RELU, lin, seq
-from .test_cli import run
-from .test_hostile_checkpoints import raw_file, rewrite
 
 
 def _deep_list(depth: int) -> Any:

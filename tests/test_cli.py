@@ -3,12 +3,10 @@ directory, by subprocess. Tiny models keep each run to about the cost of its imp
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import importlib.util
 import io
 import json
-import os
 import re
 import shutil
 import struct
@@ -23,31 +21,9 @@ import modelfactory as mf
 from modelfactory._app import job, plot, report
 from modelfactory._app.progress import SweepProgress
 
-DOCS = Path(__file__).resolve().parent.parent / "README.md"
+from .cli_helpers import CHECKSUM, DOCS, checksums, run, sweep_rows
+
 SWEEP = ["model=stack", "block=d2l_block1", "init=normal,xavier", "seed=0,1"]
-CHECKSUM = re.compile(r"checksum: sha256=([0-9a-f]{64}) sum=(\S+)")
-
-
-def _command() -> list[str]:
-    script = shutil.which("modelfactory", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "modelfactory.cli"]
-
-
-def run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    return subprocess.run(
-        [*_command(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
-
-
-def checksums(out: str) -> list[str]:
-    return [m[0] for m in CHECKSUM.findall(out)]
-
-
-def sweep_rows(sweep_dir: Path) -> list[dict[str, str]]:
-    with (sweep_dir / "sweep.csv").open() as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from modelfactory.checkpoint import _format as _safefile
 from modelfactory.checkpoint import _state
 from modelfactory.errors import CheckpointError, ModelFactoryError, UntrustedTargetError
 
+from .checkpoint_helpers import raw_file, rewrite
 from .conftest import RELU, lin, seq
 
 
@@ -26,27 +27,6 @@ from .conftest import RELU, lin, seq
 def good(tmp_path: Path) -> Path:
     model = mf.build({"model": seq(lin(4, 8), RELU, lin(8, 2)), "input_shape": [1, 4]})
     return mf.save(model, tmp_path / "good.safetensors")
-
-
-def rewrite(src: Path, dst: Path, mutate: Callable[[dict], Any]) -> Path:
-    """Copy ``src`` with its modelfactory document changed by ``mutate`` (digest recomputed,
-    so only the content is hostile, not the bookkeeping)."""
-    tensors = load_file(src)
-    with open(src, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        doc = json.loads(json.loads(f.read(n))["__metadata__"]["modelfactory"])
-    mutate(doc)
-    doc.pop("digest", None)
-    doc["digest"] = _safefile._doc_digest(doc)
-    save_file(tensors, dst, metadata={"modelfactory": json.dumps(doc)})
-    return dst
-
-
-def raw_file(dst: Path, header: dict, data: bytes) -> Path:
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    dst.write_bytes(struct.pack("<Q", len(h)) + h + data)
-    return dst
 
 
 MARKER = "mf_hostile_marker"

@@ -9,8 +9,8 @@ import pytest
 import modelfactory as mf
 from modelfactory.errors import CheckpointError, UntrustedTargetError
 
+from .checkpoint_helpers import rewrite
 from .conftest import lin, seq
-from .test_hostile_checkpoints import rewrite
 
 
 def test_trusted_but_missing_package_says_to_install_it(tmp_path: Path):
