@@ -1,5 +1,7 @@
-"""Checkpoints: round trips of every shipped config, ties, lazy layers, buffers, modes,
-partial reuse (load_weights), tensor containers and verify."""
+"""Checkpoints give back what was saved: every shipped config bit for bit (ties as identity,
+lazy layers eager, buffers, modes), the file alone, deterministic bytes, load's dtype and
+device, what save refuses because it could not come back, partial reuse (load_weights),
+tensor containers (save_tensors, load_tensors) and verify."""
 
 from __future__ import annotations
 
@@ -244,3 +246,8 @@ def test_no_warnings_on_a_clean_round_trip(saved: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mf.load(saved.parent)
+
+
+def test_load_dtype_must_be_floating(saved: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: load\(dtype='long'\)"):
+        mf.load(saved, dtype="long")
