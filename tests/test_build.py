@@ -1,4 +1,5 @@
-"""The recursive factory: blocks, validation, lazy layers, vanilla Hydra trees."""
+"""The recursive factory: validation (every mistake reported with its path), lazy layers,
+vanilla Hydra trees, the input config left alone (the blocks themselves: ``test_blocks.py``)."""
 
 from __future__ import annotations
 
@@ -13,42 +14,10 @@ from torch.nn.parameter import UninitializedParameter
 
 import modelfactory as mf
 from modelfactory._record import record_of
-from modelfactory.blocks import Parallel, Repeat, Residual, Sequential
+from modelfactory.blocks import Residual
 from modelfactory.errors import BuildError, ConfigError
 
 from .conftest import RELU, lazy_then_fixed_hidden, lin, seq
-
-
-def test_list_children_are_numbered_and_mapping_children_named():
-    listed = mf.build(seq(lin(20, 256), RELU, lin(256, 10)))
-    named = mf.build(seq(hidden=lin(20, 256), act=RELU, out=lin(256, 10)))
-    assert [n for n, _ in listed.named_parameters()] == ["0.weight", "0.bias", "2.weight", "2.bias"]
-    assert [n for n, _ in named.named_parameters()] == [
-        "hidden.weight",
-        "hidden.bias",
-        "out.weight",
-        "out.bias",
-    ]
-    assert isinstance(named.hidden, nn.Linear) and named.hidden.out_features == 256
-    assert named(torch.rand(2, 20)).shape == (2, 10)
-
-
-def test_repeat_makes_independent_copies_with_different_values():
-    m = mf.build(
-        {"_target_": "modelfactory.blocks.Repeat", "n": 3, "name": "b{i}", "block": lin(4, 4)}
-    )
-    assert [n for n, _ in m.named_children()] == ["b0", "b1", "b2"]
-    assert m.b0 is not m.b1 and m.b0.weight is not m.b1.weight
-    assert not torch.equal(m.b0.weight, m.b1.weight)
-    assert not torch.equal(m.b1.weight, m.b2.weight)
-    assert sum(p.numel() for p in m.parameters()) == 3 * (16 + 4)
-
-
-def test_repeat_in_python_takes_a_factory_not_a_module():
-    r = Repeat(2, lambda i: nn.Linear(3, 3))
-    assert r[0] is not r[1]
-    with pytest.raises(TypeError, match="callable returning a fresh module"):
-        Repeat(2, nn.Linear(3, 3))
 
 
 def test_vanilla_hydra_sequential_with_args_builds():
@@ -70,20 +39,6 @@ def test_partial_targets_become_functools_partial():
     assert problems == []
     fn = construct(node, 0, Context(torch.device("cpu")))
     assert isinstance(fn, functools.partial) and fn.keywords == {"std": 0.5}
-
-
-def test_parallel_concatenates_and_sums():
-    cat = mf.build({"_target_": "modelfactory.blocks.Parallel", "branches": [lin(4, 3), lin(4, 5)]})
-    assert isinstance(cat, Parallel) and cat(torch.rand(2, 4)).shape == (2, 8)
-    add = Parallel({"a": nn.Identity(), "b": nn.Identity()}, combine="sum")
-    x = torch.rand(2, 4)
-    assert torch.equal(add(x), 2 * x)
-
-
-def test_residual_adds_input():
-    r = Residual(nn.Identity())
-    x = torch.rand(3)
-    assert torch.equal(r(x), 2 * x)
 
 
 def test_lazy_model_from_input_shape_has_only_real_parameters():
@@ -260,13 +215,6 @@ def test_parameter_access_like_d2l(composed):
     assert net[1].weight.grad is None
     net(torch.rand(1, 4)).sum().backward()
     assert net[1].weight.grad is not None
-
-
-def test_sequential_rejects_bad_children():
-    with pytest.raises(TypeError, match=r"layers\['0'\] is a int"):
-        Sequential([1])
-    with pytest.raises(ValueError, match=r"contain no '\.'"):
-        Sequential({"a.b": nn.Identity()})
 
 
 def test_sample_forward_failure_names_the_config_path(composed):
