@@ -1,6 +1,7 @@
 """Composition blocks (``modelfactory/blocks.py``), built from configs and in Python:
-Sequential's children (numbered or named, checked), Parallel, Residual, and Repeat
-(independent copies, the factory it takes in Python, its ``first`` copy)."""
+Sequential's children (numbered or named, checked), Parallel, Residual, Repeat
+(independent copies, the factory it takes in Python, its ``first`` copy), and
+``build_options``, with which a user's block takes a factory as Repeat does."""
 
 from __future__ import annotations
 
@@ -80,3 +81,13 @@ def test_repeat_first_copy_differs_and_the_others_keep_their_values() -> None:
     assert len(one) == 1 and one[0].in_features == 2
     with pytest.raises(TypeError, match=r"first must be an nn\.Module"):
         Repeat(2, lambda i: nn.Linear(2, 2), first="x")  # type: ignore[arg-type]
+
+
+def test_build_options_make_a_user_block_take_a_factory() -> None:
+    def tower(depth: int) -> dict:
+        return {"_target_": "tests.user_blocks.Tower", "depth": depth, "layer": lin(4, 4)}
+
+    two, three = mf.build(tower(2)), mf.build(tower(3))
+    assert len(three) == 3 and two[0].weight is not two[1].weight
+    for i in range(2):  # growing the tower keeps the layers it had
+        assert torch.equal(two[i].weight, three[i].weight)

@@ -1,10 +1,13 @@
-"""The recursive factory: validation (every mistake reported with its path), lazy layers,
-vanilla Hydra trees, the input config left alone (the blocks themselves: ``test_blocks.py``)."""
+"""The recursive factory: validation (every mistake reported with its path, before anything
+is built), lazy layers, vanilla Hydra trees, the input config left alone, the one record a
+built model carries (``config_of``), a skeleton that runs no init (the blocks themselves:
+``test_blocks.py``)."""
 
 from __future__ import annotations
 
 import copy
 import functools
+import sys
 
 import pytest
 import torch
@@ -15,7 +18,7 @@ from torch.nn.parameter import UninitializedParameter
 import modelfactory as mf
 from modelfactory._record import record_of
 from modelfactory.blocks import Residual
-from modelfactory.errors import BuildError, ConfigError
+from modelfactory.errors import ArgumentError, BuildError, ConfigError
 
 from .conftest import RELU, lazy_then_fixed_hidden, lin, seq
 
@@ -133,7 +136,6 @@ def test_a_target_that_mutates_its_list_argument_cannot_alter_the_spec():
             sizes.append(99)
             self.n = len(sizes)
 
-    import sys
     import types
 
     mod = types.ModuleType("greedy_mod")
@@ -257,3 +259,67 @@ def test_editing_the_input_after_build_does_not_change_the_model_config():
     kept = mf.config_of(m)
     assert kept["model"]["layers"][1]["approximate"] == "none"
     assert kept["init"] is not DEFAULTS["init"]
+
+
+def test_a_node_without_keywords_reports_every_missing_argument() -> None:
+    with pytest.raises(ConfigError) as e:
+        mf.build({"_target_": "torch.nn.Linear"})
+    assert e.value.paths == ["model.in_features", "model.out_features"]
+    assert not isinstance(e.value, BuildError)
+
+
+def test_two_bad_layers_are_both_reported() -> None:
+    cfg = seq({"_target_": "torch.nn.Linear"}, {"_target_": "torch.nn.Linear", "in_features": 2})
+    with pytest.raises(ConfigError) as e:
+        mf.build(cfg)
+    assert e.value.paths == [
+        "model.layers.0.in_features",
+        "model.layers.0.out_features",
+        "model.layers.1.out_features",
+    ]
+
+
+def test_a_target_taking_kwargs_still_checks_its_required_arguments() -> None:
+    with pytest.raises(ConfigError) as e:
+        mf.build({"_target_": "tests.user_blocks.Flexible", "extra": 1})
+    assert e.value.paths == ["model.width"]
+    assert mf.build({"_target_": "tests.user_blocks.Flexible", "width": 3, "extra": 1}).width == 3
+
+
+def test_a_constructor_refusing_its_values_is_a_config_error_with_the_path() -> None:
+    with pytest.raises(ArgumentError) as e:
+        mf.build(seq(lin(4, -1)))
+    assert e.value.paths == ["model.layers.0"] and "negative dimension" in str(e.value)
+    assert isinstance(e.value, ConfigError) and isinstance(e.value, BuildError)
+
+
+def test_the_model_carries_one_record_and_config_of_is_a_copy() -> None:
+    model = mf.build({"model": seq(lin(2, 3)), "seed": 4})
+    own = [k for k in model.__dict__ if k.startswith("_modelfactory")]
+    assert own == ["_modelfactory_record"]
+    cfg = mf.config_of(model)
+    assert cfg["seed"] == 4 and cfg["model"]["layers"][0]["out_features"] == 3
+    cfg["seed"] = 5
+    assert mf.config_of(model)["seed"] == 4
+    assert record_of(model).paths[id(model[0])] == "model.layers.0"
+    assert mf.config_of(nn.Linear(2, 2)) is None
+
+
+def test_a_skeleton_runs_no_init() -> None:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        seen: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    cfg = seq(
+        {"_target_": "torch.nn.Embedding", "num_embeddings": 9, "embedding_dim": 4}, lin(4, 3)
+    )
+    with Ops() as ops:
+        skeleton = mf.build_skeleton(cfg)
+    assert skeleton[0].weight.is_meta and skeleton[0].weight.shape == (9, 4)
+    fills = [op for op in ops.seen if op.split(".")[0] in ("normal_", "uniform_", "fill_")]
+    assert ops.seen and fills == []
