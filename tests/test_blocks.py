@@ -1,7 +1,8 @@
 """Composition blocks (``modelfactory/blocks.py``), built from configs and in Python:
 Sequential's children (numbered or named, checked), Parallel, Residual, Repeat
-(independent copies, the factory it takes in Python, its ``first`` copy), and
-``build_options``, with which a user's block takes a factory as Repeat does."""
+(independent copies, names that keep them distinct and small, the factory it takes in
+Python, its ``first`` copy), and ``build_options``, with which a user's block takes a
+factory as Repeat does."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from torch import nn
 
 import modelfactory as mf
 from modelfactory.blocks import Parallel, Repeat, Residual, Sequential
+from modelfactory.errors import (
+    ConfigError,
+)
 
 from .conftest import RELU, lin, seq
 
@@ -91,3 +95,33 @@ def test_build_options_make_a_user_block_take_a_factory() -> None:
     assert len(three) == 3 and two[0].weight is not two[1].weight
     for i in range(2):  # growing the tower keeps the layers it had
         assert torch.equal(two[i].weight, three[i].weight)
+
+
+REPEAT = {"_target_": "modelfactory.blocks.Repeat", "n": 11, "block": lin(2, 2)}
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("b{{i}}", r"must contain '\{i\}'"),
+        ("b{i!s:.1}", "gives copy 10 the name 'b1' of copy 1"),
+        ("b", r"must contain '\{i\}'"),
+        ("b{j}", r"must contain '\{i\}'"),
+        ("b{i", "not a format string"),
+        ("b{i:200000000}", "longer than 256 characters"),
+        ("b{i:.300f}", "longer than 256 characters"),
+        ("b{i:{i}}", "longer than 256 characters"),
+        ("x" * 300 + "{i}", "longer than 256 characters"),
+    ],
+)
+def test_repeat_names_whose_copies_would_not_be_distinct_or_small_are_config_errors(
+    name: str, expected: str
+):
+    with pytest.raises(ConfigError, match=expected) as e:
+        mf.build({**REPEAT, "name": name})
+    assert e.value.paths == ["model"]
+
+
+def test_repeat_names_with_a_format_still_work():
+    model = mf.build({**REPEAT, "n": 3, "name": "block_{i:02d}"})
+    assert [n for n, _ in model.named_children()] == ["block_00", "block_01", "block_02"]

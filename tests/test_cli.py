@@ -168,6 +168,16 @@ def test_bad_config_is_one_paragraph_naming_the_key(
     assert (tmp_path / "outputs").exists() == (code == 1)
 
 
+def test_a_huge_seed_on_the_command_line_is_one_paragraph_exit_2(tmp_path: Path):
+    r = run(tmp_path, "model=mlp", f"seed={2**64}")
+    assert r.returncode == 2, r.stderr
+    text = (r.stdout + r.stderr).strip()
+    assert "Traceback" not in text
+    assert "seed: expected an integer from -2**63 to 2**64 - 1" in text
+    error = [line for line in text.splitlines() if "error" in line]
+    assert error and error[0].split("modelfactory: error: ", 1)[1]
+
+
 README_EXAMPLES = [
     "modelfactory model=rgnet",
     "modelfactory model=stack block=conv_bn_relu n=3",

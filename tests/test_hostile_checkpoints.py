@@ -17,7 +17,11 @@ from safetensors.torch import load_file, save_file
 import modelfactory as mf
 from modelfactory.checkpoint import _format as _safefile
 from modelfactory.checkpoint import _state
-from modelfactory.errors import CheckpointError, ModelFactoryError, UntrustedTargetError
+from modelfactory.errors import (
+    CheckpointError,
+    ModelFactoryError,
+    UntrustedTargetError,
+)
 
 from .checkpoint_helpers import raw_file, rewrite
 from .conftest import RELU, lin, seq
@@ -343,3 +347,30 @@ def test_knob_names_and_values_from_a_file_cannot_add_lines_to_a_resaved_copy(
     assert len(comments) == 2 and "width=8" in comments[1] and '"evil\\nseed: 99"=1' in comments[1]
     assert yaml.safe_load(text) == mf.config_of(model)  # no key added, none changed
     assert mf.load(tmp_path / "again").state_dict().keys() == model.state_dict().keys()
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [([2**63, 0], r"'w'.*2\*\*63 - 1"), ([2**40, 2**40, 0], "overflow"), ([0, 2**64], "usize")],
+)
+def test_a_header_shape_no_tensor_can_have_is_a_checkpoint_error(
+    shape: list[int], expected: str, tmp_path: Path
+):
+    bad = raw_file(
+        tmp_path / "shape.safetensors",
+        {"w": {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]}},
+        b"",
+    )
+    for read in (mf.load, mf.load_tensors, mf.verify):
+        with pytest.raises(CheckpointError, match=rf"shape\.safetensors.*{expected}"):
+            read(bad)
+
+
+def test_an_alias_that_shadows_a_stored_tensor_is_refused(tmp_path: Path):
+    good = mf.save(mf.build(seq(lin(4, 4), lin(4, 4))), tmp_path / "good.safetensors")
+    bad = rewrite(
+        good, tmp_path / "bad.safetensors", lambda d: d.update(aliases={"1.weight": "0.weight"})
+    )
+    for read in (mf.load, mf.load_tensors, mf.verify):
+        with pytest.raises(CheckpointError, match=r"(?s)bad\.safetensors.*'aliases'.*1\.weight"):
+            read(bad)

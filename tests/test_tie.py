@@ -1,5 +1,6 @@
 """Module and parameter sharing from the tie group: identity, gradients, and the tie paths'
-problems, reported with the config's others and found before the real model is built."""
+problems (reported with the config's others, found before the real model is built, a
+module tied into itself or ties that close a loop)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from torch import nn
 
 import modelfactory as mf
 from modelfactory._record import record_of
-from modelfactory.errors import ConfigError, TieError
+from modelfactory.errors import (
+    ConfigError,
+    TieError,
+)
 from modelfactory.tie import check_ties
 
 from .conftest import RELU, lin, seq
@@ -144,3 +148,25 @@ def test_tie_paths_are_resolved_before_the_real_model_is_constructed(monkeypatch
     with pytest.raises(TieError, match="'nope' names no module or parameter"):
         mf.build(cfg)
     assert built_on == ["meta"]  # only the no-init skeleton was built
+
+
+NESTED = seq(seq(RELU))
+
+
+@pytest.mark.parametrize(
+    "group",
+    [["0", "0.0"], ["0.0", "0"], ["*"], ["0", "0.*"]],
+    ids=["outer first", "inner first", "glob", "glob inside"],
+)
+def test_a_module_tied_into_itself_is_a_tie_error(group: list[str]):
+    with pytest.raises(
+        TieError, match=r"tie\.groups\.0: cannot tie '0' with '0\.0', which lies inside"
+    ):
+        mf.build({"model": NESTED, "tie": {"groups": [group]}})
+
+
+def test_ties_of_two_groups_that_close_a_loop_are_a_tie_error():
+    # a.0 becomes b, b.0 becomes a: each group alone is fine, together a contains itself.
+    model = seq(a=seq(seq(RELU)), b=seq(seq(RELU)))
+    with pytest.raises(TieError, match=r"contains itself"):
+        mf.build({"model": model, "tie": {"groups": [["b", "a.0"], ["a", "b.0"]]}})

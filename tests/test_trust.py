@@ -1,12 +1,17 @@
 """Trust: what a checkpoint may make modelfactory import and call. A target outside the
 trusted prefixes is refused before its module is imported and never called, and so is one
 reached through attributes, or an interpolation; a trusted prefix must still name an
-``nn.Module`` class, or a factory function the caller trusted; a trusted target that is not
-importable here says to install it. (The corpus of crafted checkpoints:
-``test_hostile_checkpoints.py``.)"""
+``nn.Module`` class (a function is refused without importing it), or a factory function the
+caller trusted; a trusted target that is not importable here says to install it. (The
+corpus of crafted checkpoints: ``test_hostile_checkpoints.py``.)"""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +19,10 @@ import pytest
 from torch import nn
 
 import modelfactory as mf
-from modelfactory.errors import CheckpointError, UntrustedTargetError
+from modelfactory.errors import (
+    CheckpointError,
+    UntrustedTargetError,
+)
 
 from .checkpoint_helpers import assert_same, build_model, rewrite, rewrite_doc
 from .conftest import lin, seq
@@ -98,3 +106,65 @@ def test_interpolations_are_refused(tmp_path: Path) -> None:
     file = _malicious(tmp_path, {"model": {**lin(20, 256), "out_features": "${oc.env:HOME}"}})
     with pytest.raises(CheckpointError, match="interpolation"):
         mf.load(file)
+
+
+def _load_in_subprocess(tmp_path: Path, target: str) -> dict[str, Any]:
+    good = mf.save(mf.build(seq(lin(2, 2))), tmp_path / "good.safetensors")
+    layer = {"_target_": target}
+    bad = rewrite(
+        good,
+        tmp_path / "bad.safetensors",
+        lambda d: d["config"]["model"]["layers"].__setitem__(0, layer),
+    )
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        import modelfactory as mf
+        from modelfactory.errors import UntrustedTargetError
+        try:
+            mf.load({str(bad)!r})
+            error = None
+        except UntrustedTargetError as e:
+            error = str(e)
+        watched = ("torch.nn.attention.", "torch._inductor", "torch._dynamo")
+        loaded = sorted(m for m in sys.modules if m.startswith(watched))
+        print(json.dumps({{"error": error, "loaded": loaded}}))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    r = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "torch.nn.attention.flex_attention.flex_attention",
+        "torch.nn.attention.flex_attention.BlockMask",
+    ],
+)
+def test_an_untrusted_target_is_refused_before_its_module_is_imported(target: str, tmp_path: Path):
+    out = _load_in_subprocess(tmp_path, target)
+    assert out["error"] is not None and "bad.safetensors" in out["error"]
+    assert "model.layers.0._target_" in out["error"] and "nothing was imported" in out["error"]
+    assert not [
+        m for m in out["loaded"] if m.startswith(("torch.nn.attention.flex", "torch._inductor"))
+    ]
+
+
+def test_a_loaded_module_that_is_not_a_block_is_refused_without_importing(tmp_path: Path):
+    good = mf.save(mf.build(seq(lin(2, 2))), tmp_path / "good.safetensors")
+    layer = {"_target_": "torch.nn.functional.relu"}
+    bad = rewrite(
+        good,
+        tmp_path / "bad.safetensors",
+        lambda d: d["config"]["model"]["layers"].__setitem__(0, layer),
+    )
+    with pytest.raises(
+        UntrustedTargetError,
+        match=r"model\.layers\.0\._target_: 'torch\.nn\.functional\.relu' is a function",
+    ):
+        mf.load(bad)
