@@ -1,12 +1,16 @@
-"""Shared by the checkpoint tests: building a shipped model, comparing two models."""
+"""Shared by the checkpoint tests: building a shipped model, comparing two models, reading a
+header, rewriting a checkpoint's document (in place, or into a crafted copy), a raw file."""
 
 from __future__ import annotations
 
 import json
+import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 import modelfactory as mf
@@ -64,3 +68,24 @@ def rewrite_doc(file: Path, drop: tuple[str, ...] = (), **doc_changes: Any) -> N
     keep = {k: v for k, v in doc.items() if k not in ("format_version", "tensors", "digest")}
     fmt.write(file, tensors, {**keep, **doc_changes})
     file.with_name("config.yaml").unlink(missing_ok=True)
+
+
+def rewrite(src: Path, dst: Path, mutate: Callable[[dict], Any]) -> Path:
+    """Copy ``src`` with its modelfactory document changed by ``mutate`` (digest recomputed,
+    so only the content is hostile, not the bookkeeping)."""
+    tensors = load_file(src)
+    with open(src, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        doc = json.loads(json.loads(f.read(n))["__metadata__"]["modelfactory"])
+    mutate(doc)
+    doc.pop("digest", None)
+    doc["digest"] = fmt._doc_digest(doc)
+    save_file(tensors, dst, metadata={"modelfactory": json.dumps(doc)})
+    return dst
+
+
+def raw_file(dst: Path, header: dict, data: bytes) -> Path:
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    dst.write_bytes(struct.pack("<Q", len(h)) + h + data)
+    return dst

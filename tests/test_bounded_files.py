@@ -23,8 +23,8 @@ from safetensors.torch import save_file
 
 import modelfactory as mf
 
+from .checkpoint_helpers import rewrite
 from .conftest import lin
-from .test_hostile_checkpoints import rewrite
 
 ROOT = Path(__file__).resolve().parents[1]
 DEEP = "[" * 100_000 + "]" * 100_000  # 200 KB: under every size cap

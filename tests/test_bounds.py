@@ -18,10 +18,12 @@ import modelfactory as mf
 import modelfactory.tie as tie_module
 from modelfactory._app import job
 from modelfactory.checkpoint import _format
-from modelfactory.errors import CheckpointError
+from modelfactory.errors import (
+    CheckpointError,
+)
 
+from .checkpoint_helpers import rewrite
 from .conftest import RELU, lin, seq
-from .test_hostile_checkpoints import rewrite
 
 
 @pytest.fixture
@@ -201,3 +203,42 @@ def test_tie_globs_are_resolved_in_linear_work(monkeypatch: pytest.MonkeyPatch):
     params = len(dict(model.named_parameters(remove_duplicate=False)))
     assert resolved[0][1] == [f"{i}.weight" for i in range(n)]
     assert calls[0] <= (modules + params) * len(patterns)
+
+
+def _repeat(n: int, block: dict, *, positional: bool = False) -> dict:
+    target = {"_target_": "modelfactory.blocks.Repeat"}
+    return {**target, "_args_": [n, block]} if positional else {**target, "n": n, "block": block}
+
+
+IDENTITY = {"_target_": "torch.nn.Identity"}
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        _repeat(300_000, IDENTITY),
+        _repeat(300_000, IDENTITY, positional=True),
+        _repeat(300, _repeat(300, IDENTITY)),
+        seq(_repeat(30_000, IDENTITY), _repeat(30_000, IDENTITY)),
+    ],
+    ids=["n", "positional n", "nested", "two"],
+)
+def test_repeat_copies_count_towards_the_block_limit(model: dict, good: Path, tmp_path: Path):
+    bad = rewrite(good, tmp_path / "bad.safetensors", lambda doc: doc["config"].update(model=model))
+    with pytest.raises(CheckpointError, match=r"(?s)bad\.safetensors.*more than the 50,000"):
+        mf.load(bad)
+
+
+def test_repeat_below_the_limit_still_loads(tmp_path: Path):
+    model = mf.build({"model": _repeat(3, lin(4, 4)), "input_shape": [1, 4]})
+    back = mf.load(mf.save(model, tmp_path / "r.safetensors"))
+    assert torch.equal(back[2].weight, model[2].weight)
+
+
+@pytest.mark.parametrize("shape", [[2**20, 2**20], [2**15] * 4, "big", [2, -1], [True]])
+def test_restored_input_shape_is_bounded(shape: Any, good: Path, tmp_path: Path):
+    bad = rewrite(
+        good, tmp_path / "bad.safetensors", lambda doc: doc["config"].update(input_shape=shape)
+    )
+    with pytest.raises(CheckpointError, match=r"(?s)bad\.safetensors.*input_shape"):
+        mf.load(bad)

@@ -1,9 +1,13 @@
-"""The recursive factory: blocks, validation, lazy layers, vanilla Hydra trees."""
+"""The recursive factory: validation (every mistake reported with its path, before anything
+is built), lazy layers, vanilla Hydra trees, the input config left alone, the one record a
+built model carries (``config_of``), a skeleton that runs no init (the blocks themselves:
+``test_blocks.py``)."""
 
 from __future__ import annotations
 
 import copy
 import functools
+import sys
 
 import pytest
 import torch
@@ -13,42 +17,10 @@ from torch.nn.parameter import UninitializedParameter
 
 import modelfactory as mf
 from modelfactory._record import record_of
-from modelfactory.blocks import Parallel, Repeat, Residual, Sequential
-from modelfactory.errors import BuildError, ConfigError
+from modelfactory.blocks import Residual
+from modelfactory.errors import ArgumentError, BuildError, ConfigError
 
 from .conftest import RELU, lazy_then_fixed_hidden, lin, seq
-
-
-def test_list_children_are_numbered_and_mapping_children_named():
-    listed = mf.build(seq(lin(20, 256), RELU, lin(256, 10)))
-    named = mf.build(seq(hidden=lin(20, 256), act=RELU, out=lin(256, 10)))
-    assert [n for n, _ in listed.named_parameters()] == ["0.weight", "0.bias", "2.weight", "2.bias"]
-    assert [n for n, _ in named.named_parameters()] == [
-        "hidden.weight",
-        "hidden.bias",
-        "out.weight",
-        "out.bias",
-    ]
-    assert isinstance(named.hidden, nn.Linear) and named.hidden.out_features == 256
-    assert named(torch.rand(2, 20)).shape == (2, 10)
-
-
-def test_repeat_makes_independent_copies_with_different_values():
-    m = mf.build(
-        {"_target_": "modelfactory.blocks.Repeat", "n": 3, "name": "b{i}", "block": lin(4, 4)}
-    )
-    assert [n for n, _ in m.named_children()] == ["b0", "b1", "b2"]
-    assert m.b0 is not m.b1 and m.b0.weight is not m.b1.weight
-    assert not torch.equal(m.b0.weight, m.b1.weight)
-    assert not torch.equal(m.b1.weight, m.b2.weight)
-    assert sum(p.numel() for p in m.parameters()) == 3 * (16 + 4)
-
-
-def test_repeat_in_python_takes_a_factory_not_a_module():
-    r = Repeat(2, lambda i: nn.Linear(3, 3))
-    assert r[0] is not r[1]
-    with pytest.raises(TypeError, match="callable returning a fresh module"):
-        Repeat(2, nn.Linear(3, 3))
 
 
 def test_vanilla_hydra_sequential_with_args_builds():
@@ -70,20 +42,6 @@ def test_partial_targets_become_functools_partial():
     assert problems == []
     fn = construct(node, 0, Context(torch.device("cpu")))
     assert isinstance(fn, functools.partial) and fn.keywords == {"std": 0.5}
-
-
-def test_parallel_concatenates_and_sums():
-    cat = mf.build({"_target_": "modelfactory.blocks.Parallel", "branches": [lin(4, 3), lin(4, 5)]})
-    assert isinstance(cat, Parallel) and cat(torch.rand(2, 4)).shape == (2, 8)
-    add = Parallel({"a": nn.Identity(), "b": nn.Identity()}, combine="sum")
-    x = torch.rand(2, 4)
-    assert torch.equal(add(x), 2 * x)
-
-
-def test_residual_adds_input():
-    r = Residual(nn.Identity())
-    x = torch.rand(3)
-    assert torch.equal(r(x), 2 * x)
 
 
 def test_lazy_model_from_input_shape_has_only_real_parameters():
@@ -178,7 +136,6 @@ def test_a_target_that_mutates_its_list_argument_cannot_alter_the_spec():
             sizes.append(99)
             self.n = len(sizes)
 
-    import sys
     import types
 
     mod = types.ModuleType("greedy_mod")
@@ -262,13 +219,6 @@ def test_parameter_access_like_d2l(composed):
     assert net[1].weight.grad is not None
 
 
-def test_sequential_rejects_bad_children():
-    with pytest.raises(TypeError, match=r"layers\['0'\] is a int"):
-        Sequential([1])
-    with pytest.raises(ValueError, match=r"contain no '\.'"):
-        Sequential({"a.b": nn.Identity()})
-
-
 def test_sample_forward_failure_names_the_config_path(composed):
     from modelfactory._sample import run_sample
 
@@ -309,3 +259,67 @@ def test_editing_the_input_after_build_does_not_change_the_model_config():
     kept = mf.config_of(m)
     assert kept["model"]["layers"][1]["approximate"] == "none"
     assert kept["init"] is not DEFAULTS["init"]
+
+
+def test_a_node_without_keywords_reports_every_missing_argument() -> None:
+    with pytest.raises(ConfigError) as e:
+        mf.build({"_target_": "torch.nn.Linear"})
+    assert e.value.paths == ["model.in_features", "model.out_features"]
+    assert not isinstance(e.value, BuildError)
+
+
+def test_two_bad_layers_are_both_reported() -> None:
+    cfg = seq({"_target_": "torch.nn.Linear"}, {"_target_": "torch.nn.Linear", "in_features": 2})
+    with pytest.raises(ConfigError) as e:
+        mf.build(cfg)
+    assert e.value.paths == [
+        "model.layers.0.in_features",
+        "model.layers.0.out_features",
+        "model.layers.1.out_features",
+    ]
+
+
+def test_a_target_taking_kwargs_still_checks_its_required_arguments() -> None:
+    with pytest.raises(ConfigError) as e:
+        mf.build({"_target_": "tests.user_blocks.Flexible", "extra": 1})
+    assert e.value.paths == ["model.width"]
+    assert mf.build({"_target_": "tests.user_blocks.Flexible", "width": 3, "extra": 1}).width == 3
+
+
+def test_a_constructor_refusing_its_values_is_a_config_error_with_the_path() -> None:
+    with pytest.raises(ArgumentError) as e:
+        mf.build(seq(lin(4, -1)))
+    assert e.value.paths == ["model.layers.0"] and "negative dimension" in str(e.value)
+    assert isinstance(e.value, ConfigError) and isinstance(e.value, BuildError)
+
+
+def test_the_model_carries_one_record_and_config_of_is_a_copy() -> None:
+    model = mf.build({"model": seq(lin(2, 3)), "seed": 4})
+    own = [k for k in model.__dict__ if k.startswith("_modelfactory")]
+    assert own == ["_modelfactory_record"]
+    cfg = mf.config_of(model)
+    assert cfg["seed"] == 4 and cfg["model"]["layers"][0]["out_features"] == 3
+    cfg["seed"] = 5
+    assert mf.config_of(model)["seed"] == 4
+    assert record_of(model).paths[id(model[0])] == "model.layers.0"
+    assert mf.config_of(nn.Linear(2, 2)) is None
+
+
+def test_a_skeleton_runs_no_init() -> None:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        seen: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    cfg = seq(
+        {"_target_": "torch.nn.Embedding", "num_embeddings": 9, "embedding_dim": 4}, lin(4, 3)
+    )
+    with Ops() as ops:
+        skeleton = mf.build_skeleton(cfg)
+    assert skeleton[0].weight.is_meta and skeleton[0].weight.shape == (9, 4)
+    fills = [op for op in ops.seen if op.split(".")[0] in ("normal_", "uniform_", "fill_")]
+    assert ops.seen and fills == []

@@ -3,12 +3,10 @@ directory, by subprocess. Tiny models keep each run to about the cost of its imp
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import importlib.util
 import io
 import json
-import os
 import re
 import shutil
 import struct
@@ -23,31 +21,9 @@ import modelfactory as mf
 from modelfactory._app import job, plot, report
 from modelfactory._app.progress import SweepProgress
 
-DOCS = Path(__file__).resolve().parent.parent / "README.md"
+from .cli_helpers import CHECKSUM, DOCS, checksums, run, sweep_rows
+
 SWEEP = ["model=stack", "block=d2l_block1", "init=normal,xavier", "seed=0,1"]
-CHECKSUM = re.compile(r"checksum: sha256=([0-9a-f]{64}) sum=(\S+)")
-
-
-def _command() -> list[str]:
-    script = shutil.which("modelfactory", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "modelfactory.cli"]
-
-
-def run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    return subprocess.run(
-        [*_command(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
-
-
-def checksums(out: str) -> list[str]:
-    return [m[0] for m in CHECKSUM.findall(out)]
-
-
-def sweep_rows(sweep_dir: Path) -> list[dict[str, str]]:
-    with (sweep_dir / "sweep.csv").open() as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +166,16 @@ def test_bad_config_is_one_paragraph_naming_the_key(
     # a config error leaves no run directory (nor the parent it made); a failed build keeps its
     # directory and log
     assert (tmp_path / "outputs").exists() == (code == 1)
+
+
+def test_a_huge_seed_on_the_command_line_is_one_paragraph_exit_2(tmp_path: Path):
+    r = run(tmp_path, "model=mlp", f"seed={2**64}")
+    assert r.returncode == 2, r.stderr
+    text = (r.stdout + r.stderr).strip()
+    assert "Traceback" not in text
+    assert "seed: expected an integer from -2**63 to 2**64 - 1" in text
+    error = [line for line in text.splitlines() if "error" in line]
+    assert error and error[0].split("modelfactory: error: ", 1)[1]
 
 
 README_EXAMPLES = [

@@ -1,5 +1,5 @@
 """The README's "Knobs" and "Your own model" examples, run as a user runs them: the console
-script in a fresh directory (``tests.test_cli.run``). Few and tiny: each run costs about
+script in a fresh directory (``tests.cli_helpers.run``). Few and tiny: each run costs about
 two seconds of imports."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from modelfactory.checkpoint import _format as fmt
 from modelfactory.configs import compose, conf_dir
 from modelfactory.errors import ConfigError, UntrustedTargetError
 
-from .test_cli import CHECKSUM, DOCS, _command, run, sweep_rows
+from .cli_helpers import CHECKSUM, DOCS, command, run, sweep_rows
 
 KNOBS = "modelfactory model=gpt_small d_model=128 n_layer=4 n_head=8"
 KNOB_SWEEP = "modelfactory -m model=gpt_small d_model=64,128 init=xavier,kaiming"
@@ -228,7 +228,7 @@ def test_a_package_ships_config_groups_with_a_search_path_plugin(tmp_path: Path)
     env = {**os.environ, "PYTHONPATH": str(site)}
     env.pop("HYDRA_FULL_ERROR", None)
     r = subprocess.run(
-        [*_command(), "model=tiny", "width=4", "hydra.run.dir=outputs/t"],
+        [*command(), "model=tiny", "width=4", "hydra.run.dir=outputs/t"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

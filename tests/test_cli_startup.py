@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .test_cli import run
+from .cli_helpers import run
 
 # Runs the console script's run() in a fresh process: the collector's state and whether
 # Hydra's methods are its own when the job starts, and what was imported.

@@ -1,4 +1,5 @@
-"""Conversions: Hugging Face GPT-2 <-> model=gpt_small / gpt2, and user-written ones."""
+"""Conversions: Hugging Face GPT-2 <-> model=gpt_small / gpt2, both ways, and what a
+conversion checks and refuses (a user's own conversion file: ``test_convert_files.py``)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,6 @@ import modelfactory as mf
 from modelfactory import convert
 from modelfactory.configs import compose
 from modelfactory.errors import CheckpointError, ConfigError
-
-from .test_convert_files import MLP_CONVERSION
 
 SMALL = {"vocab_size": 256, "n_positions": 64, "n_embd": 64, "n_layer": 2, "n_head": 4}
 NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
@@ -219,16 +218,6 @@ def test_load_weights_convert_keeps_dtype_and_ties(hf_dir: Path) -> None:
     assert model.embed.tok.weight.dtype == torch.bfloat16
     assert torch.equal(model.embed.tok.weight, wte.to(torch.bfloat16))
     assert model.head.weight is model.embed.tok.weight
-
-
-def test_user_conversion_path_through_the_public_api(tmp_path: Path) -> None:
-    (tmp_path / "dense.yaml").write_text(MLP_CONVERSION)
-    model = mf.build(compose(["model=mlp", "init=xavier"]))
-    mf.save(model, tmp_path / "out", convert=tmp_path / "dense.yaml")
-    assert "dense_0.kernel" in convert.read_foreign_dir(tmp_path / "out")
-    fresh = mf.build(compose(["model=mlp", "seed=5"]))
-    mf.load_weights(fresh, tmp_path / "out", convert=str(tmp_path / "dense.yaml"))
-    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
 def test_load_weights_convert_lists_every_tensor_that_does_not_fit(hf_dir: Path) -> None:

@@ -1,4 +1,5 @@
-"""Conversion files: the shipped ones load, a user's own from a path, errors per key."""
+"""Conversion files: the shipped ones load, a user's own from a path (through ``convert`` and
+through ``save``/``load_weights(convert=)``), errors per key."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
 
 import modelfactory as mf
 from modelfactory import convert
@@ -81,9 +80,11 @@ def test_unknown_shipped_name() -> None:
         convert.load_conversion("hf_gtp2")
 
 
-@given(st.lists(st.integers(0, 10**6), min_size=2, max_size=2))
-def test_pattern_fill_and_match_are_inverse(indices: list[int]) -> None:
-    pattern = convert.Pattern.parse("h.{i}.mlp.{j}.weight")
-    values = {"i": str(indices[0]), "j": str(indices[1])}
-    assert pattern.match(pattern.fill(values)) == values
-    assert pattern.match("h.1.mlp.x.y.weight") is None  # a placeholder stays in one segment
+def test_user_conversion_path_through_the_public_api(tmp_path: Path) -> None:
+    (tmp_path / "dense.yaml").write_text(MLP_CONVERSION)
+    model = mf.build(compose(["model=mlp", "init=xavier"]))
+    mf.save(model, tmp_path / "out", convert=tmp_path / "dense.yaml")
+    assert "dense_0.kernel" in convert.read_foreign_dir(tmp_path / "out")
+    fresh = mf.build(compose(["model=mlp", "seed=5"]))
+    mf.load_weights(fresh, tmp_path / "out", convert=str(tmp_path / "dense.yaml"))
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in model.state_dict().items())

@@ -8,6 +8,8 @@ import textwrap
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from modelfactory import convert
 
@@ -76,3 +78,11 @@ def test_matching_is_bounded_on_adversarial_names() -> None:
     )
     hits, _seconds = out.stdout.split()
     assert hits == "0"
+
+
+@given(st.lists(st.integers(0, 10**6), min_size=2, max_size=2))
+def test_pattern_fill_and_match_are_inverse(indices: list[int]) -> None:
+    pattern = convert.Pattern.parse("h.{i}.mlp.{j}.weight")
+    values = {"i": str(indices[0]), "j": str(indices[1])}
+    assert pattern.match(pattern.fill(values)) == values
+    assert pattern.match("h.1.mlp.x.y.weight") is None  # a placeholder stays in one segment

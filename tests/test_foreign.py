@@ -20,7 +20,7 @@ from modelfactory._app import job
 from modelfactory.errors import CheckpointError, ConfigError, UntrustedTargetError
 
 from .checkpoint_helpers import rewrite_doc
-from .test_cli import checksums, run
+from .cli_helpers import checksums, run
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "mfpkg_demo"  # written by the `package` fixture, importable by name in each test

@@ -17,8 +17,13 @@ from safetensors.torch import load_file, save_file
 import modelfactory as mf
 from modelfactory.checkpoint import _format as _safefile
 from modelfactory.checkpoint import _state
-from modelfactory.errors import CheckpointError, ModelFactoryError, UntrustedTargetError
+from modelfactory.errors import (
+    CheckpointError,
+    ModelFactoryError,
+    UntrustedTargetError,
+)
 
+from .checkpoint_helpers import raw_file, rewrite
 from .conftest import RELU, lin, seq
 
 
@@ -26,27 +31,6 @@ from .conftest import RELU, lin, seq
 def good(tmp_path: Path) -> Path:
     model = mf.build({"model": seq(lin(4, 8), RELU, lin(8, 2)), "input_shape": [1, 4]})
     return mf.save(model, tmp_path / "good.safetensors")
-
-
-def rewrite(src: Path, dst: Path, mutate: Callable[[dict], Any]) -> Path:
-    """Copy ``src`` with its modelfactory document changed by ``mutate`` (digest recomputed,
-    so only the content is hostile, not the bookkeeping)."""
-    tensors = load_file(src)
-    with open(src, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        doc = json.loads(json.loads(f.read(n))["__metadata__"]["modelfactory"])
-    mutate(doc)
-    doc.pop("digest", None)
-    doc["digest"] = _safefile._doc_digest(doc)
-    save_file(tensors, dst, metadata={"modelfactory": json.dumps(doc)})
-    return dst
-
-
-def raw_file(dst: Path, header: dict, data: bytes) -> Path:
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    dst.write_bytes(struct.pack("<Q", len(h)) + h + data)
-    return dst
 
 
 MARKER = "mf_hostile_marker"
@@ -311,45 +295,6 @@ def test_tensors_left_on_meta_are_refused(
         mf.load(bad)
 
 
-def _repeat(n: int, block: dict, *, positional: bool = False) -> dict:
-    target = {"_target_": "modelfactory.blocks.Repeat"}
-    return {**target, "_args_": [n, block]} if positional else {**target, "n": n, "block": block}
-
-
-IDENTITY = {"_target_": "torch.nn.Identity"}
-
-
-@pytest.mark.parametrize(
-    "model",
-    [
-        _repeat(300_000, IDENTITY),
-        _repeat(300_000, IDENTITY, positional=True),
-        _repeat(300, _repeat(300, IDENTITY)),
-        seq(_repeat(30_000, IDENTITY), _repeat(30_000, IDENTITY)),
-    ],
-    ids=["n", "positional n", "nested", "two"],
-)
-def test_repeat_copies_count_towards_the_block_limit(model: dict, good: Path, tmp_path: Path):
-    bad = rewrite(good, tmp_path / "bad.safetensors", lambda doc: doc["config"].update(model=model))
-    with pytest.raises(CheckpointError, match=r"(?s)bad\.safetensors.*more than the 50,000"):
-        mf.load(bad)
-
-
-def test_repeat_below_the_limit_still_loads(tmp_path: Path):
-    model = mf.build({"model": _repeat(3, lin(4, 4)), "input_shape": [1, 4]})
-    back = mf.load(mf.save(model, tmp_path / "r.safetensors"))
-    assert torch.equal(back[2].weight, model[2].weight)
-
-
-@pytest.mark.parametrize("shape", [[2**20, 2**20], [2**15] * 4, "big", [2, -1], [True]])
-def test_restored_input_shape_is_bounded(shape: Any, good: Path, tmp_path: Path):
-    bad = rewrite(
-        good, tmp_path / "bad.safetensors", lambda doc: doc["config"].update(input_shape=shape)
-    )
-    with pytest.raises(CheckpointError, match=r"(?s)bad\.safetensors.*input_shape"):
-        mf.load(bad)
-
-
 def test_knob_names_and_values_from_a_file_cannot_add_lines_to_a_resaved_copy(
     good: Path, tmp_path: Path
 ):
@@ -363,3 +308,30 @@ def test_knob_names_and_values_from_a_file_cannot_add_lines_to_a_resaved_copy(
     assert len(comments) == 2 and "width=8" in comments[1] and '"evil\\nseed: 99"=1' in comments[1]
     assert yaml.safe_load(text) == mf.config_of(model)  # no key added, none changed
     assert mf.load(tmp_path / "again").state_dict().keys() == model.state_dict().keys()
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [([2**63, 0], r"'w'.*2\*\*63 - 1"), ([2**40, 2**40, 0], "overflow"), ([0, 2**64], "usize")],
+)
+def test_a_header_shape_no_tensor_can_have_is_a_checkpoint_error(
+    shape: list[int], expected: str, tmp_path: Path
+):
+    bad = raw_file(
+        tmp_path / "shape.safetensors",
+        {"w": {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]}},
+        b"",
+    )
+    for read in (mf.load, mf.load_tensors, mf.verify):
+        with pytest.raises(CheckpointError, match=rf"shape\.safetensors.*{expected}"):
+            read(bad)
+
+
+def test_an_alias_that_shadows_a_stored_tensor_is_refused(tmp_path: Path):
+    good = mf.save(mf.build(seq(lin(4, 4), lin(4, 4))), tmp_path / "good.safetensors")
+    bad = rewrite(
+        good, tmp_path / "bad.safetensors", lambda d: d.update(aliases={"1.weight": "0.weight"})
+    )
+    for read in (mf.load, mf.load_tensors, mf.verify):
+        with pytest.raises(CheckpointError, match=r"(?s)bad\.safetensors.*'aliases'.*1\.weight"):
+            read(bad)

@@ -1,21 +1,35 @@
-"""Fuzzing config validation: every wrong config raises modelfactory's own error with a path.
+"""Config validation under hostile input: every wrong config raises modelfactory's own error
+with a path. Fuzzed mutations of a base config, and the edges: configs nested hundreds of
+levels deep (a dict, a YAML file, plain values under ``_recursive_: false``, a checkpoint's
+config), seeds torch cannot take, build and load keywords checked as the config keys, an
+input shape past int64, a huge flat config.
 
-None may escape as a bare KeyError/TypeError/AttributeError from inside torch or omegaconf.
+None may escape as a bare KeyError/TypeError/AttributeError from inside torch or omegaconf,
+nor as a RecursionError or OverflowError.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import modelfactory as mf
-from modelfactory.errors import BuildError, ConfigError, ModelFactoryError
+from modelfactory.errors import (
+    BuildError,
+    CheckpointError,
+    ConfigError,
+    ModelFactoryError,
+)
 
+from .checkpoint_helpers import rewrite
 from .conftest import RELU, lin, seq
 
 # A path the message must name: a dotted config path at the start of a problem line.
@@ -245,3 +259,114 @@ def test_a_huge_flat_config_is_validated_quickly_and_reports_every_problem():
     with pytest.raises(ModelFactoryError) as e:
         mf.build(seq(*layers))
     assert len(e.value.problems) == 2000
+
+
+def _deep_list(depth: int) -> Any:
+    v: Any = 1
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+UNFLATTEN = {"_target_": "torch.nn.Unflatten", "dim": 1}
+
+
+@pytest.mark.parametrize("form", ["dict", "yaml file"])  # OmegaConf cannot hold 400 levels
+def test_lists_400_deep_are_a_config_error_with_the_path(form: str, tmp_path: Path):
+    cfg: Any = {"model": {**UNFLATTEN, "unflattened_size": _deep_list(400)}}
+    if form == "yaml file":
+        path = tmp_path / "deep.yaml"
+        path.write_text(json.dumps(cfg))  # JSON is YAML
+        cfg = str(path)
+    with pytest.raises(ConfigError, match=r"nests deeper than 200 levels") as e:
+        mf.build(cfg)
+    if form == "dict":
+        assert e.value.paths[0].startswith("model.unflattened_size.0.0.0")
+
+
+def test_lists_400_deep_in_a_checkpoint_are_a_checkpoint_error(tmp_path: Path):
+    good = mf.save(mf.build(seq(lin(4, 2))), tmp_path / "good.safetensors")
+    node = {**UNFLATTEN, "unflattened_size": _deep_list(400)}
+    bad = rewrite(good, tmp_path / "bad.safetensors", lambda d: d["config"].update(model=node))
+    with pytest.raises(CheckpointError, match=r"(?s)bad\.safetensors.*nests deep"):
+        mf.load(bad)
+
+
+FLEXIBLE = {"_target_": "tests.user_blocks.Flexible", "_recursive_": False, "width": 2}
+
+
+@pytest.mark.parametrize("depth", [250, 600])  # 600: a RecursionError while constructing
+def test_deep_plain_values_under_recursive_false_are_config_and_checkpoint_errors(
+    depth: int, tmp_path: Path
+):
+    with pytest.raises(ConfigError, match=r"model\.extra: config nests deeper than 200 levels"):
+        mf.build({"model": {**FLEXIBLE, "extra": _deep_list(depth)}})
+    good = mf.save(mf.build({"model": {**FLEXIBLE, "extra": [1]}}), tmp_path / "good.safetensors")
+    node = {**FLEXIBLE, "extra": _deep_list(depth)}
+    bad = rewrite(good, tmp_path / "bad.safetensors", lambda d: d["config"].update(model=node))
+    with pytest.raises(CheckpointError, match=r"(?s)bad\.safetensors.*model\.extra: config nests"):
+        mf.load(bad, trusted=["tests.*"])
+
+
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1, 10**40])
+def test_a_seed_torch_cannot_take_is_a_config_error(seed: int):
+    with pytest.raises(
+        ConfigError, match=r"seed: expected an integer from -2\*\*63 to 2\*\*64 - 1"
+    ):
+        mf.build({"model": lin(2, 2), "seed": seed, "input_shape": [1, 2]})
+
+
+def test_the_extreme_seeds_torch_takes_still_build():
+    for seed in (-(2**63), 2**64 - 1):
+        mf.build({"model": lin(2, 2), "seed": seed, "input_shape": [1, 2]})
+
+
+def _error_of(make: Any) -> tuple[type, str]:
+    with pytest.raises(ModelFactoryError) as e:
+        make()
+    return type(e.value), str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("seed", "3"),
+        ("seed", 1.5),
+        ("seed", 2**64),
+        ("seed", True),
+        ("device", 5),
+        ("device", "cuda:7"),
+        ("dtype", "int8"),
+        ("dtype", torch.int32),
+    ],
+)
+def test_build_keywords_are_checked_as_the_config_keys(keyword: str, value: Any):
+    cfg = {"model": lin(2, 2), "input_shape": [1, 2]}
+    key = {"seed": ("seed",), "device": ("device", "device"), "dtype": ("device", "dtype")}
+    in_config = {**cfg, "seed": value} if keyword == "seed" else {**cfg, key[keyword][0]: {}}
+    if keyword != "seed":
+        in_config["device"][key[keyword][1]] = value
+    assert _error_of(lambda: mf.build(cfg, **{keyword: value})) == _error_of(
+        lambda: mf.build(in_config)
+    )
+
+
+def test_build_keywords_that_fit_land_in_the_config_as_its_keys():
+    model = mf.build({"model": lin(2, 2)}, seed=7, device=torch.device("cpu"), dtype="float64")
+    assert model.weight.dtype == torch.float64
+    assert mf.config_of(model)["seed"] == 7
+    assert mf.config_of(model)["device"] == {"device": "cpu", "dtype": "float64"}
+
+
+def test_a_dtype_name_and_the_dtype_give_one_load_error(tmp_path: Path):
+    path = mf.save(mf.build(seq(lin(4, 2))), tmp_path / "m.safetensors")
+    by_name = _error_of(lambda: mf.load(path, dtype="int8"))
+    assert by_name == _error_of(lambda: mf.load(path, dtype=torch.int8))
+    assert by_name[0] is CheckpointError and "expected a floating dtype" in by_name[1]
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_an_input_shape_past_int64_is_a_config_error(lazy: bool):
+    first = {"_target_": "torch.nn.LazyLinear", "out_features": 2} if lazy else lin(4, 2)
+    with pytest.raises(ConfigError, match=r"input_shape: .*more elements than a tensor can hold"):
+        mf.build({"model": first, "input_shape": [2**62, 4]})

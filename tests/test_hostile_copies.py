@@ -135,3 +135,11 @@ def test_the_copy_is_never_read_beyond_the_cap(
     monkeypatch.setattr(_bounded.os, "read", lambda fd, n: asked.append(n) or real_read(fd, n))
     mf.load(directory)
     assert asked and max(asked) <= _config_copy.MAX_COPY_BYTES + 1
+
+
+def test_config_copy_disagreement_warns_and_embedded_wins(saved: Path) -> None:
+    copy = saved.with_name("config.yaml")
+    copy.write_text(copy.read_text().replace("out_features: 10", "out_features: 12"))
+    with pytest.warns(UserWarning, match="config.yaml differs"):
+        back = mf.load(saved.parent)
+    assert back[2].out_features == 10

@@ -1,4 +1,5 @@
-"""Keyword inputs through composition (``model(x, attention_mask=m)``) and Repeat's ``first``."""
+"""Keyword inputs through composition (``model(x, attention_mask=m)``): each block gets the
+keywords it takes, through every composition block (``modelfactory/_inputs.py``)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ from torch import nn
 import modelfactory as mf
 from modelfactory.blocks import Parallel, Repeat, Residual, Sequential, route
 from modelfactory.configs import compose
-
-from .conftest import lin, seq
 
 
 class Masked(nn.Module):
@@ -80,25 +79,3 @@ def test_bert_takes_a_mask_and_segments_from_the_call() -> None:
         alone = model(ids[1:, :5])
     torch.testing.assert_close(padded[1:, :5], alone, atol=1e-5, rtol=0)
     assert not torch.allclose(model(ids)[1, :5], alone, atol=1e-3)
-
-
-def test_repeat_first_copy_differs_and_the_others_keep_their_values() -> None:
-    block = lin(4, 4)
-    plain = {"_target_": "modelfactory.blocks.Repeat", "n": 3, "block": block}
-    first = {**plain, "first": lin(2, 4, bias=False)}
-    a, b = mf.build(seq(plain, lin(4, 1))), mf.build(seq(first, lin(4, 1)))
-    assert b[0][0].in_features == 2 and b[0][0].bias is None
-    for i in (1, 2):  # copies 1.. draw what they draw without `first`
-        assert torch.equal(a[0][i].weight, b[0][i].weight)
-    assert b(torch.ones(1, 2)).shape == (1, 1)
-    one = mf.build({**first, "n": 1})
-    assert len(one) == 1 and one[0].in_features == 2
-    with pytest.raises(TypeError, match=r"first must be an nn\.Module"):
-        Repeat(2, lambda i: nn.Linear(2, 2), first="x")  # type: ignore[arg-type]
-
-
-def test_resnet18_stages_downsample_in_their_first_block() -> None:
-    model = mf.build(compose(["model=resnet18"]), device="meta")
-    assert sum(p.numel() for p in model.parameters()) == 11_689_512
-    assert [model.stages[s][0].downsample is None for s in range(4)] == [True, False, False, False]
-    assert all(model.stages[s][1].downsample is None for s in range(4))

@@ -23,7 +23,7 @@ from modelfactory.checkpoint._shards import parse_size
 from modelfactory.errors import CheckpointError
 
 from .checkpoint_helpers import assert_same, build_model
-from .test_cli import checksums, run
+from .cli_helpers import checksums, run
 
 ROOT = Path(__file__).resolve().parents[1]
 INDEX = "model.safetensors.index.json"

@@ -1,4 +1,6 @@
-"""Module and parameter sharing from the tie group."""
+"""Module and parameter sharing from the tie group: identity, gradients, and the tie paths'
+problems (reported with the config's others, found before the real model is built, a
+module tied into itself or ties that close a loop)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,11 @@ import torch
 from torch import nn
 
 import modelfactory as mf
-from modelfactory.errors import TieError
+from modelfactory._record import record_of
+from modelfactory.errors import (
+    ConfigError,
+    TieError,
+)
 from modelfactory.tie import check_ties
 
 from .conftest import RELU, lin, seq
@@ -110,7 +116,6 @@ def test_unknown_paths_and_mixed_kinds_are_errors():
 
 def test_broken_ties_are_detected_by_identity(composed):
     m = mf.build(composed(["model=gpt_small"]))
-    from modelfactory._record import record_of
 
     ties = record_of(m).ties
     check_ties(m, ties)
@@ -119,3 +124,49 @@ def test_broken_ties_are_detected_by_identity(composed):
         TieError, match=r"'head\.weight' is no longer the same object as 'embed\.tok\.weight'"
     ):
         check_ties(m, ties)
+
+
+def test_tie_group_problems_are_reported_with_the_other_config_problems() -> None:
+    cfg = {"model": seq(lin(4, 4), {"_target_": "torch.nn.Relu"}), "tie": {"groups": ["0"]}}
+    with pytest.raises(ConfigError) as e:
+        mf.build(cfg)
+    assert e.value.paths == ["model.layers.1._target_", "tie.groups.0"]
+
+
+def test_tie_paths_are_resolved_before_the_real_model_is_constructed(monkeypatch) -> None:
+    from modelfactory import factory
+
+    built_on: list[str] = []
+    real = factory._construct
+
+    def spy(plan, bc, ctx):
+        built_on.append(ctx.device.type)
+        return real(plan, bc, ctx)
+
+    monkeypatch.setattr(factory, "_construct", spy)
+    cfg = {"model": seq(lin(4, 4), lin(4, 4)), "tie": {"groups": [["0", "nope"]]}}
+    with pytest.raises(TieError, match="'nope' names no module or parameter"):
+        mf.build(cfg)
+    assert built_on == ["meta"]  # only the no-init skeleton was built
+
+
+NESTED = seq(seq(RELU))
+
+
+@pytest.mark.parametrize(
+    "group",
+    [["0", "0.0"], ["0.0", "0"], ["*"], ["0", "0.*"]],
+    ids=["outer first", "inner first", "glob", "glob inside"],
+)
+def test_a_module_tied_into_itself_is_a_tie_error(group: list[str]):
+    with pytest.raises(
+        TieError, match=r"tie\.groups\.0: cannot tie '0' with '0\.0', which lies inside"
+    ):
+        mf.build({"model": NESTED, "tie": {"groups": [group]}})
+
+
+def test_ties_of_two_groups_that_close_a_loop_are_a_tie_error():
+    # a.0 becomes b, b.0 becomes a: each group alone is fine, together a contains itself.
+    model = seq(a=seq(seq(RELU)), b=seq(seq(RELU)))
+    with pytest.raises(TieError, match=r"contains itself"):
+        mf.build({"model": model, "tie": {"groups": [["b", "a.0"], ["a", "b.0"]]}})

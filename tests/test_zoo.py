@@ -1,5 +1,6 @@
 """Every shipped model config builds and runs a forward pass of the right shape, with the
-parameters (names, dtypes, shapes, bytes) pinned at its default knobs and seed."""
+parameters (names, dtypes, shapes, bytes) pinned at its default knobs and seed, and the
+structure it promises (ResNet-18's stages downsample in their first block)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 import modelfactory as mf
 from modelfactory._config import normalize
 from modelfactory._sample import sample_input
-from modelfactory.configs import model_names
+from modelfactory.configs import compose, model_names
 
 EXPECTED = {
     "bert": (2, 16, 64),
@@ -127,3 +128,10 @@ def test_public_sizes_have_their_parameter_counts(overrides, composed):
     zoo, readme = (DOCS / "docs" / "zoo.md").read_text(), (DOCS / "README.md").read_text()
     assert overrides in zoo and f"{count:,}" in zoo
     assert overrides.split(" ", 1)[1] in readme and f"{count:,}" in readme
+
+
+def test_resnet18_stages_downsample_in_their_first_block() -> None:
+    model = mf.build(compose(["model=resnet18"]), device="meta")
+    assert sum(p.numel() for p in model.parameters()) == 11_689_512
+    assert [model.stages[s][0].downsample is None for s in range(4)] == [True, False, False, False]
+    assert all(model.stages[s][1].downsample is None for s in range(4))

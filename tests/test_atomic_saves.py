@@ -5,6 +5,9 @@ before each write of a file's bytes, each fsync and each rename it makes, saving
 ``.safetensors`` file and a checkpoint directory. Whatever point, the target reads as the
 old checkpoint or the new one, bit for bit; the old one until the commit point (the rename
 of the file; the journal of the directory's set), the new one after it.
+
+A killed writer's temporary file is removed by a later save once it is old, and only a dead
+writer's: a live pid may be a writer on another host sharing the directory.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import torch
 
 import modelfactory as mf
 from modelfactory.checkpoint import _atomic
+
+from .checkpoint_helpers import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = {
@@ -160,3 +165,30 @@ def _orphans_are_removed_once_old(directory: Path, kind: str) -> None:
     target = directory if kind == "dir" else next(directory.glob("*.safetensors"))
     mf.save(mf.build(CFG, seed=2), target)
     assert not list(directory.glob(".*.tmp"))
+
+
+def test_save_removes_only_old_temporary_files_of_dead_writers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pid that is not alive here may be a live writer on another host sharing the
+    directory: its temporary file goes only once it is also old."""
+    live, dead = 1000, 2000
+    monkeypatch.setattr(_atomic, "_alive", lambda pid: pid == live)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    old = os.path.getmtime(ckpt) - _atomic.ORPHAN_AGE_S - 60
+    tmps = {
+        (pid, age): ckpt / f".model.safetensors.{pid}-{age}0000000.tmp"
+        for pid in (live, dead)
+        for age in ("old", "new")
+    }
+    for (_, age), tmp in tmps.items():
+        tmp.write_bytes(b"partial")
+        if age == "old":
+            os.utime(tmp, (old, old))
+    mf.save(build_model("mlp"), ckpt)
+    assert {k for k, tmp in tmps.items() if tmp.exists()} == {
+        (live, "old"),
+        (live, "new"),
+        (dead, "new"),
+    }

@@ -1,6 +1,7 @@
 """A save to a directory switches its files (shards, index or model.safetensors,
-config.yaml) as one set: killed at every step, the directory reads as the old set or the
-new one; a save that fails leaves the old checkpoint and its config.yaml as they were."""
+config.yaml) as one set, through a journal: killed at every step, the directory reads as
+the old set or the new one; the next save, or a load, completes a switch that a kill left
+half done; a crafted journal is refused and touches nothing."""
 
 from __future__ import annotations
 
@@ -13,19 +14,15 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
 
 import modelfactory as mf
 from modelfactory.checkpoint import _commit
-from modelfactory.checkpoint import _format as fmt
 from modelfactory.errors import CheckpointError
 
 from .checkpoint_helpers import assert_same
-from .conftest import RELU, lin, seq
+from .save_helpers import CFG, SHARD, assert_untouched, old_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-CFG = {"model": seq(lin(64, 64), RELU, lin(64, 64), RELU, lin(64, 8)), "input_shape": [2, 64]}
-SHARD = 17_000  # bytes: a 64x64 float32 weight and its bias per shard
 
 # (old seed, old max_shard_size) -> (new seed, new max_shard_size)
 TRANSITIONS = {
@@ -167,107 +164,6 @@ def test_a_save_after_a_kill_rolls_the_switch_forward_first(tmp_path: Path) -> N
     assert_same(models[0], mf.load(d))
 
 
-# --- saves that fail --------------------------------------------------------------------
-
-
-def _old_checkpoint(tmp_path: Path, size: int | None) -> tuple[Path, dict[str, bytes]]:
-    d = tmp_path / "c"
-    mf.save(mf.build(CFG, seed=0), d, max_shard_size=size)
-    return d, {p.name: p.read_bytes() for p in d.iterdir()}
-
-
-def _assert_untouched(d: Path, before: dict[str, bytes]) -> None:
-    assert sorted(p.name for p in d.iterdir()) == sorted(before)  # no temporary file left
-    assert all((d / n).read_bytes() == b for n, b in before.items())
-    assert mf.config_of(mf.load(d))["seed"] == 0
-
-
-def _fail_on_call(n: int, err: OSError, original):
-    calls = []
-
-    def failing(path, *args):
-        calls.append(path)
-        if len(calls) == n:
-            with open(path, "wb") as f:
-                f.write(b"partial")  # the disk filled up in the middle of the file
-            raise err
-        return original(path, *args)
-
-    return failing
-
-
-@pytest.mark.parametrize("old_size", [None, SHARD], ids=["old single", "old sharded"])
-@pytest.mark.parametrize(
-    ("new_size", "n", "name"),
-    [(None, 1, "model.safetensors"), (SHARD, 2, "model-00002-of-00003.safetensors")],
-    ids=["single", "sharded"],
-)
-def test_disk_full_raises_naming_the_file_and_keeps_the_old_checkpoint(
-    old_size, new_size, n: int, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    d, before = _old_checkpoint(tmp_path, old_size)
-    full = OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(fmt, "write_file", _fail_on_call(n, full, fmt.write_file))
-    with pytest.raises(CheckpointError, match=rf"c/{name}: cannot write .*No space left"):
-        mf.save(mf.build(CFG, seed=1), d, max_shard_size=new_size)
-    _assert_untouched(d, before)
-
-
-def test_disk_full_on_a_lone_file_keeps_the_old_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    file = mf.save(mf.build(CFG, seed=0), tmp_path / "x.safetensors")
-    before = file.read_bytes()
-    full = OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(fmt, "write_file", _fail_on_call(1, full, fmt.write_file))
-    with pytest.raises(CheckpointError, match=r"x\.safetensors: cannot write .*No space left"):
-        mf.save(mf.build(CFG, seed=1), file)
-    assert file.read_bytes() == before and os.listdir(tmp_path) == ["x.safetensors"]
-
-
-@pytest.mark.parametrize("size", [None, SHARD], ids=["single", "sharded"])
-def test_a_read_only_directory_keeps_the_old_checkpoint(
-    size, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    d, before = _old_checkpoint(tmp_path, size)
-    if os.geteuid() != 0:  # the real thing (root writes through a read-only mode)
-        d.chmod(0o555)
-        try:
-            with pytest.raises(CheckpointError, match=r"c/\S+: cannot write .*Permission denied"):
-                mf.save(mf.build(CFG, seed=1), d, max_shard_size=size)
-        finally:
-            d.chmod(0o755)
-        _assert_untouched(d, before)
-    denied = PermissionError(errno.EACCES, "Permission denied")
-
-    def refuse(path, *args, **kw):
-        raise denied
-
-    monkeypatch.setattr(fmt, "write_file", refuse)
-    monkeypatch.setattr(Path, "write_text", refuse)
-    with pytest.raises(CheckpointError, match=r"c/\S+: cannot write .*Permission denied"):
-        mf.save(mf.build(CFG, seed=1), d, max_shard_size=size)
-    monkeypatch.undo()
-    _assert_untouched(d, before)
-
-
-@pytest.mark.parametrize("size", [None, SHARD], ids=["single", "sharded"])
-def test_config_yaml_being_a_directory_keeps_the_old_checkpoint(size, tmp_path: Path) -> None:
-    d = tmp_path / "c"
-    mf.save(mf.build(CFG, seed=0), d / "model.safetensors")  # the file alone, no copy
-    (d / "config.yaml").mkdir()
-    (d / "config.yaml" / "mine.txt").write_text("keep")
-    before = (d / "model.safetensors").read_bytes()
-    with pytest.raises(CheckpointError, match=r"c/config\.yaml: is not a regular file"):
-        mf.save(mf.build(CFG, seed=1), d, max_shard_size=size)
-    assert sorted(os.listdir(d)) == ["config.yaml", "model.safetensors"]
-    assert (d / "model.safetensors").read_bytes() == before
-    assert (d / "config.yaml" / "mine.txt").read_text() == "keep"
-    with pytest.warns(UserWarning, match=r"config\.yaml differs .* \(not a regular file\)"):
-        loaded = mf.load(d)  # the copy is for people: a directory there is only a warning
-    assert torch.equal(loaded[0].weight, mf.build(CFG, seed=0)[0].weight)
-
-
 @pytest.mark.parametrize(
     "journal",
     [
@@ -280,7 +176,7 @@ def test_config_yaml_being_a_directory_keeps_the_old_checkpoint(size, tmp_path: 
     ],
 )
 def test_a_crafted_journal_is_refused_and_touches_nothing(journal: str, tmp_path: Path) -> None:
-    d, before = _old_checkpoint(tmp_path, SHARD)
+    d, before = old_checkpoint(tmp_path, SHARD)
     victim = tmp_path / "victim.txt"
     victim.write_text("keep")
     (d / _commit.JOURNAL).write_text(journal)
@@ -289,7 +185,7 @@ def test_a_crafted_journal_is_refused_and_touches_nothing(journal: str, tmp_path
             read(d)
     assert victim.read_text() == "keep"
     (d / _commit.JOURNAL).unlink()
-    _assert_untouched(d, before)
+    assert_untouched(d, before)
 
 
 def test_a_switch_that_cannot_be_completed_is_an_error_naming_the_journal(

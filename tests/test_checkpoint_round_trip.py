@@ -1,10 +1,15 @@
-"""Checkpoints: round trips of every shipped config, ties, lazy layers, buffers, modes,
-partial reuse (load_weights), tensor containers and verify."""
+"""Checkpoints give back what was saved: every shipped config bit for bit (ties as identity,
+lazy layers eager, buffers, modes), the file alone, deterministic bytes, load's dtype and
+device, a fresh process that loads without the heavy imports, what save refuses because it
+could not come back, partial reuse (load_weights), tensor containers (save_tensors,
+load_tensors) and verify."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,7 +22,10 @@ from torch import nn
 import modelfactory as mf
 from modelfactory._config import normalize
 from modelfactory.configs import model_names
-from modelfactory.errors import CheckpointError, UntrustedTargetError
+from modelfactory.errors import (
+    CheckpointError,
+    UntrustedTargetError,
+)
 
 from .checkpoint_helpers import assert_same, build_model, header_of, rewrite_doc, sample_of
 from .conftest import RELU, lin, seq
@@ -244,3 +252,55 @@ def test_no_warnings_on_a_clean_round_trip(saved: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         mf.load(saved.parent)
+
+
+def test_load_dtype_must_be_floating(saved: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: load\(dtype='long'\)"):
+        mf.load(saved, dtype="long")
+
+
+def test_save_mismatch_names_the_live_model_and_the_config_right_way_round(tmp_path) -> None:
+    model = mf.build({"model": seq(lin(20, 256), RELU, lin(256, 10)), "input_shape": [2, 20]})
+    model[2] = nn.Linear(256, 5)
+    with pytest.raises(CheckpointError) as e:
+        mf.save(model, tmp_path / "c")
+    assert "shape: '2.weight' is [5, 256] in the model, [10, 256] in its config" in str(e.value)
+
+
+LOAD_IN_FRESH_PROCESS = """
+import sys, json
+import modelfactory as mf
+model = mf.load(sys.argv[1])
+heavy = ["torch._dynamo", "sympy", "hydra", "omegaconf", "yaml"]  # yaml: only for a changed copy
+print(json.dumps({"loaded": [m for m in heavy if m in sys.modules],
+                  "tied": model.head.weight is model.embed.tok.weight}))
+"""
+
+
+def test_a_fresh_load_imports_neither_dynamo_sympy_hydra_omegaconf_nor_yaml(tmp_path: Path) -> None:
+    cfg = {
+        "model": {
+            "_target_": "modelfactory.blocks.Sequential",
+            "layers": {
+                "embed": {
+                    "_target_": "modelfactory.layers.TokenPositionEmbedding",
+                    "vocab_size": 16,
+                    "d_model": 8,
+                    "max_len": 8,
+                },
+                "head": lin(8, 16, bias=False),
+            },
+        },
+        "tie": {"groups": [["embed.tok.weight", "head.weight"]]},
+        "input_shape": [1, 4],
+        "input_dtype": "long",
+    }
+    mf.save(mf.build(cfg), tmp_path / "ckpt")
+    out = subprocess.run(
+        [sys.executable, "-c", LOAD_IN_FRESH_PROCESS, str(tmp_path / "ckpt")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert json.loads(out.stdout) == {"loaded": [], "tied": True}
