@@ -13,7 +13,14 @@ import torch
 
 from ..errors import CheckpointError
 from . import _format as fmt
-from ._atomic import READ_ATTEMPTS, checked_first, identity, read_one_version, vanished
+from ._atomic import (
+    READ_ATTEMPTS,
+    checked_first,
+    identity,
+    missing,
+    read_one_version,
+    vanished,
+)
 from ._commit import recover
 from ._config_copy import read_copy
 from ._shards import INDEX_FILE, Check, read_sharded, workers
@@ -72,6 +79,15 @@ def stored_bytes(header: fmt.Header) -> int:
     return total
 
 
+def _identity(file: Path) -> tuple[int, ...]:
+    """The identity of the file at ``file`` now; one a save renamed away is a
+    ``CheckpointError`` that says it vanished (the reader finds the checkpoint again)."""
+    try:
+        return identity(os.stat(file))
+    except FileNotFoundError as e:
+        raise missing(file) from e
+
+
 def read_any(
     file: Path,
     *,
@@ -94,8 +110,7 @@ def read_any(
     def first() -> fmt.Header:  # the header alone, and the file it was read from
         def once() -> fmt.Header:
             header = fmt.read_header(file, require=require)
-            # the file as opened: read_one_version checks that it stayed so
-            header.ident = identity(os.stat(file))
+            header.ident = _identity(file)  # as opened: read_one_version checks it stayed so
             return header
 
         return read_one_version(file, once)
@@ -106,7 +121,7 @@ def read_any(
         def once() -> tuple[fmt.Header, dict[str, torch.Tensor]] | None:
             if checked_header is None:
                 header = fmt.read_header(file, require=require)
-            elif identity(os.stat(file)) == checked_header.ident:
+            elif _identity(file) == checked_header.ident:
                 header = checked_header  # the very file whose header was checked
             else:
                 return None  # another save than the one checked: check that one first
