@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from hypothesis import strategies as st
+from torch import nn
 
 BLOCKS = "modelfactory.blocks."
 
@@ -46,7 +47,12 @@ def leaf(w: int) -> st.SearchStrategy[dict[str, Any]]:
 
 def names(n: int) -> st.SearchStrategy[list[str]]:
     return st.lists(
-        st.from_regex(r"[a-z][a-z0-9_]{0,5}", fullmatch=True), min_size=n, max_size=n, unique=True
+        st.from_regex(r"[a-z][a-z0-9_]{0,5}", fullmatch=True).filter(
+            lambda s: not hasattr(nn.Sequential(), s) and not hasattr(nn.ModuleDict(), s)
+        ),
+        min_size=n,
+        max_size=n,
+        unique=True,
     )
 
 

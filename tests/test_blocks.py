@@ -72,6 +72,23 @@ def test_sequential_rejects_bad_children():
         Sequential({"a.b": nn.Identity()})
 
 
+@pytest.mark.parametrize("name", ["to", "forward", "training", "_modules"])
+def test_child_names_taken_by_nn_module_are_config_errors_naming_the_attribute(name: str):
+    for cfg in (
+        seq(**{name: RELU}),
+        {"_target_": "modelfactory.blocks.Parallel", "branches": {name: RELU, "b": RELU}},
+    ):
+        with pytest.raises(
+            ConfigError,
+            match=f"child name '{name}' is taken by an attribute "
+            f"of nn.Module \\(nn.Module.{name}\\)",
+        ) as e:
+            mf.build(cfg)
+        assert e.value.paths == ["model"]
+    with pytest.raises(ConfigError, match=f"name '{name}' is taken"):
+        mf.build({**REPEAT, "n": 1, "name": "{i!s:.0}" + name})
+
+
 def test_repeat_first_copy_differs_and_the_others_keep_their_values() -> None:
     block = lin(4, 4)
     plain = {"_target_": "modelfactory.blocks.Repeat", "n": 3, "block": block}
