@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from torch import nn
 
 import modelfactory as mf
 from modelfactory._sample import run_sample, sample_input
+from modelfactory.checkpoint import _files
 from modelfactory.checkpoint import _format as _safefile
 from modelfactory.configs import compose
 from modelfactory.errors import CheckpointError
@@ -193,6 +195,40 @@ def test_a_file_that_keeps_changing_is_an_error(
     monkeypatch.setattr(_safefile, "read_tensors", replaced_every_time)
     with pytest.raises(CheckpointError, match="changed while being read"):
         mf.load(file)
+
+
+def test_a_directory_whose_layout_keeps_switching_is_read_with_saves_held_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each read finds the file gone: a save switched one file to shards, or back. After two
+    such retries the reader holds the directory's shared lock: the next save writes its files
+    but waits to switch until the read is done, so a writer saving without pause cannot
+    starve a reader (it did, under load, about one full run in ten)."""
+    directory = tmp_path / "ckpt"
+    models = [mf.build({**CFG, "seed": s}) for s in (0, 1)]
+    mf.save(models[0], directory)
+    find, saves = _files.checkpoint_paths, []
+
+    def found_then_switched(path: Path) -> tuple[Path, Path | None]:
+        found = find(path)
+        shards = "100KB" if len(saves) % 2 == 0 else None
+        kwargs = {"max_shard_size": shards}
+        saves.append(
+            threading.Thread(target=mf.save, args=(models[len(saves) % 2 - 1], path), kwargs=kwargs)
+        )
+        saves[-1].start()
+        saves[-1].join(timeout=60 if len(saves) < 3 else 1)
+        return found
+
+    monkeypatch.setattr(_files, "checkpoint_paths", found_then_switched)
+    back = mf.load(directory)
+    assert len(saves) == 3
+    assert not saves[0].is_alive() and not saves[1].is_alive()
+    assert saves[2].is_alive()  # its switch waits for the read that holds the lock
+    saves[2].join(timeout=60)
+    assert not saves[2].is_alive()
+    assert_same(back, models[0])  # the second save's (one file), read whole
+    assert_same(mf.load(directory), models[1])  # then the third save switched
 
 
 def run_python(code: str, *args: str) -> subprocess.Popen:

@@ -34,7 +34,7 @@ try:
 except ImportError:  # Windows: no flock; concurrent writers are not serialized there
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["JOURNAL", "is_member", "locked", "recover", "write_set"]
+__all__ = ["JOURNAL", "is_member", "locked", "recover", "settled", "write_set"]
 
 JOURNAL = ".modelfactory-switch.json"
 _MEMBER = re.compile(r"model\.safetensors(\.index\.json)?|model-\d{5}-of-\d{5}\.safetensors")
@@ -70,6 +70,32 @@ def locked(directory: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@contextmanager
+def settled(directory: Path) -> Iterator[None]:
+    """Hold ``directory``'s shared lock with no switch pending: saves to it wait to switch
+    until the block ends (they write their files meanwhile). For a reader that a writer
+    saving without pause keeps outrunning. Without ``flock`` (Windows), or where the
+    directory cannot be opened, nothing is held.
+    """
+    while True:
+        recover(directory)
+        try:
+            fd = os.open(directory, os.O_RDONLY) if fcntl is not None else None
+        except OSError:
+            fd = None
+        try:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            # a journal now is a save killed after recover looked (a live one holds the
+            # lock while it has one): finish it, or recover would wait on this very lock
+            if fd is None or not os.path.lexists(directory / JOURNAL):
+                yield
+                return
+        finally:
+            if fd is not None:
+                os.close(fd)
 
 
 def write_set(directory: Path, files: dict[str, Callable[[Path], None]]) -> None:

@@ -4,6 +4,7 @@ with the caller's check of the document between the header and the weights."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -14,14 +15,13 @@ import torch
 from ..errors import CheckpointError
 from . import _format as fmt
 from ._atomic import (
-    READ_ATTEMPTS,
     checked_first,
     identity,
     missing,
     read_one_version,
     vanished,
 )
-from ._commit import recover
+from ._commit import recover, settled
 from ._config_copy import read_copy
 from ._shards import INDEX_FILE, Check, read_sharded, workers
 
@@ -53,16 +53,22 @@ def find_and_read(
 ) -> tuple[Path, Path | None, T]:
     """``(file, config.yaml copy, read(file))`` for a checkpoint ``path``. In a directory the
     file is found again when a save switched layouts between finding it and reading it
-    (one file to shards, or back: the file found is gone, or was when it was opened)."""
-    for attempt in range(READ_ATTEMPTS):
-        file, copy = checkpoint_paths(path)
-        try:
-            return file, copy, read(file)
-        except CheckpointError as e:
-            gone = vanished(e) or not file.exists()
-            if attempt + 1 == READ_ATTEMPTS or not gone or not Path(path).is_dir():
-                raise
+    (one file to shards, or back: the file found is gone, or was when it was opened).
+    Once that has happened twice, saves wait to switch while the file is found and read."""
+    for attempt in range(_UNLOCKED + 1):
+        held = attempt == _UNLOCKED
+        with settled(Path(path)) if held else contextlib.nullcontext():
+            file, copy = checkpoint_paths(path)
+            try:
+                return file, copy, read(file)
+            except CheckpointError as e:
+                gone = vanished(e) or not file.exists()
+                if held or not gone or not Path(path).is_dir():
+                    raise
     raise AssertionError("unreachable")
+
+
+_UNLOCKED = 2  # layout switches a directory read retries before it holds saves off
 
 
 def stored_bytes(header: fmt.Header) -> int:
