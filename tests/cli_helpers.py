@@ -1,5 +1,5 @@
 """Shared by the tests of the ``modelfactory`` command: running it as a user does (the
-console script, by subprocess), the checksums it prints, a sweep's csv, the README."""
+console script, by subprocess), the checksums it prints, a sweep's csv, the docs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-DOCS = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def docs_text() -> str:
+    """README.md and every page of docs/, one after the other: where the examples are."""
+    return "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted(ROOT.glob("docs/*.md"))])
+
+
 CHECKSUM = re.compile(r"checksum: sha256=([0-9a-f]{64}) sum=(\S+)")
 
 

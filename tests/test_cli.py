@@ -21,7 +21,7 @@ import modelfactory as mf
 from modelfactory._app import job, plot, report
 from modelfactory._app.progress import SweepProgress
 
-from .cli_helpers import CHECKSUM, DOCS, checksums, run, sweep_rows
+from .cli_helpers import CHECKSUM, ROOT, checksums, docs_text, run, sweep_rows
 
 SWEEP = ["model=stack", "block=d2l_block1", "init=normal,xavier", "seed=0,1"]
 
@@ -195,7 +195,7 @@ def test_documented_examples_run(tmp_path: Path, command: str) -> None:
 
 
 def test_documented_examples_are_in_the_docs() -> None:
-    text = DOCS.read_text()
+    text = docs_text()
     for command in README_EXAMPLES:
         assert command in text
 
@@ -337,7 +337,7 @@ def test_train_none_leaves_the_job_files_as_they_were(main_run) -> None:
 
 
 def test_documented_width_sweep_plots_the_coordinate_check_vs_the_width(tmp_path: Path) -> None:
-    examples = DOCS.parent / "docs/examples"
+    examples = ROOT / "docs/examples"
     r = run(
         tmp_path,
         "-m",
@@ -353,4 +353,4 @@ def test_documented_width_sweep_plots_the_coordinate_check_vs_the_width(tmp_path
     jobs = report.collect(tmp_path / "outputs/w")
     _, varying = report.describe_sweep(jobs)
     assert plot.width_key(jobs, varying) == "block.layers.fc.out_features"
-    assert "--config-dir docs/examples model=wide_mlp" in DOCS.read_text()
+    assert "--config-dir docs/examples model=wide_mlp" in docs_text()

@@ -1,6 +1,6 @@
-"""The README's "Knobs" and "Your own model" examples, run as a user runs them: the console
-script in a fresh directory (``tests.cli_helpers.run``). Few and tiny: each run costs about
-two seconds of imports."""
+"""The "Knobs" and "Your own model" examples of docs/config.md, run as a user runs them:
+the console script in a fresh directory (``tests.cli_helpers.run``). Few and tiny: each run
+costs about two seconds of imports."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from modelfactory.checkpoint import _format as fmt
 from modelfactory.configs import compose, conf_dir
 from modelfactory.errors import ConfigError, UntrustedTargetError
 
-from .cli_helpers import CHECKSUM, DOCS, command, run, sweep_rows
+from .cli_helpers import CHECKSUM, command, docs_text, run, sweep_rows
 
 KNOBS = "modelfactory model=gpt_small d_model=128 n_layer=4 n_head=8"
 KNOB_SWEEP = "modelfactory -m model=gpt_small d_model=64,128 init=xavier,kaiming"
@@ -45,6 +45,7 @@ class Gated(nn.Module):
 
 MINE = """\
 # @package _global_
+# conf/model/mine.yaml
 width: 32
 model:
   _target_: modelfactory.blocks.Sequential
@@ -61,15 +62,15 @@ def checksum_of(r: subprocess.CompletedProcess) -> str:
     return sha
 
 
-def test_the_readme_shows_these_examples() -> None:
-    text = DOCS.read_text()
+def test_the_docs_show_these_examples() -> None:
+    text = docs_text()
     assert KNOBS in text and KNOB_SWEEP in text
     assert textwrap.indent(BLOCKS, "   ") in text  # "Your own model"
     assert textwrap.indent(MINE, "   ") in text
 
 
-def test_the_readme_error_example_is_what_the_command_prints() -> None:
-    text = DOCS.read_text()
+def test_the_docs_error_example_is_what_the_command_prints() -> None:
+    text = docs_text()
     block = text[text.index("$ modelfactory model=mlp +model") :].split("```")[0].splitlines()
     args = shlex.split(block[0].removeprefix("$ modelfactory "))
     with pytest.raises(ConfigError) as e:
