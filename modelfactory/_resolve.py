@@ -104,7 +104,8 @@ def _from_dict(cfg: dict[str, Any]) -> Resolved:
     # config and save writes it), made through JSON at C speed when it is plain data; the
     # text also tells whether anything needs OmegaConf (interpolation) or a missing check.
     try:
-        text = json.dumps(cfg)
+        # no circularity check (a cycle nests past the recursion limit), no escaping: 1.6x
+        text = json.dumps(cfg, check_circular=False, ensure_ascii=False)
     except RecursionError as e:
         raise ConfigError([("", f"config nests deeper than {MAX_DEPTH} levels")]) from e
     except (TypeError, ValueError):  # objects: class targets, DictConfig nodes, dtypes
