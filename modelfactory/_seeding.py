@@ -69,6 +69,7 @@ class Streams:
 
     def __init__(self) -> None:
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._last: tuple[torch.device, torch.Generator | None] | None = None
 
     def generator(self, device: torch.device) -> torch.Generator | None:
         """The generator for ``device`` (``None`` on ``meta``, which draws nothing)."""
@@ -81,7 +82,12 @@ class Streams:
 
     def seed(self, device: torch.device, key: int) -> None:
         """Start ``device``'s stream at ``key``."""
-        gen = self.generator(device)
+        last = self._last  # a build seeds one device object, once per module: no lookup
+        if last is not None and last[0] is device:
+            gen = last[1]
+        else:
+            gen = self.generator(device)
+            self._last = (device, gen)
         if gen is not None:
             gen.manual_seed(key)
 
