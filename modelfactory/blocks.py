@@ -80,20 +80,22 @@ def _named(
     for name, child in named.items():
         if not isinstance(child, nn.Module):
             raise TypeError(f"{what}[{name!r}] is a {type(child).__name__}, not an nn.Module")
-        _check_child_name(name, what)
+        _check_child_name(name, f"{what} child name")
     return named
 
 
-_TAKEN = frozenset(dir(nn.Sequential())) | frozenset(dir(nn.ModuleDict()))
+# Attributes of the containers children are added to: torch's add_module refuses them.
+TAKEN_NAMES = frozenset(dir(nn.Sequential())) | frozenset(dir(nn.ModuleDict()))
 
 
 def _check_child_name(name: str, what: str) -> None:
-    """Refuse the names torch's ``add_module`` refuses, saying why."""
+    """Refuse the names torch's ``add_module`` refuses, saying why; ``what`` names the
+    name in the message (``layers child name``)."""
     if "." in name or not name:
-        raise ValueError(f"{what} child name {name!r} must be non-empty and contain no '.'")
-    if name in _TAKEN:
+        raise ValueError(f"{what} {name!r} must be non-empty and contain no '.'")
+    if name in TAKEN_NAMES:
         raise ValueError(
-            f"{what} child name {name!r} is taken by an attribute of nn.Module "
+            f"{what} {name!r} is taken by an attribute of nn.Module "
             f"(nn.Module.{name}); choose another name"
         )
 
@@ -196,7 +198,7 @@ def _copy_names(name: str, n: int) -> list[str]:
     names: dict[str, int] = {}
     for i in range(n):
         text = name.format(i=i)
-        _check_child_name(text, "name")
+        _check_child_name(text, f"copy {i}'s name")
         if text in names:
             raise ValueError(
                 f"name {name!r} gives copy {i} the name {text!r} of copy {names[text]}; "

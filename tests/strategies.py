@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from hypothesis import strategies as st
-from torch import nn
+
+from modelfactory.blocks import TAKEN_NAMES
 
 BLOCKS = "modelfactory.blocks."
 
@@ -48,7 +49,7 @@ def leaf(w: int) -> st.SearchStrategy[dict[str, Any]]:
 def names(n: int) -> st.SearchStrategy[list[str]]:
     return st.lists(
         st.from_regex(r"[a-z][a-z0-9_]{0,5}", fullmatch=True).filter(
-            lambda s: not hasattr(nn.Sequential(), s) and not hasattr(nn.ModuleDict(), s)
+            lambda s: s not in TAKEN_NAMES
         ),
         min_size=n,
         max_size=n,
