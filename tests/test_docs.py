@@ -11,12 +11,11 @@ import re
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+from .cli_helpers import DOCS, ROOT
+
 FENCE = re.compile(r"^( *)```(\w*)\n(.*?)^\1```", re.MULTILINE | re.DOTALL)  # indented too
 NAMED = re.compile(r"#\s*([\w./-]+\.(?:py|yaml|yml|toml|json|txt))")
 README_MAX_LINES = 300
