@@ -17,10 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
-
-from ._targets import TargetNotFound, describe, fits, locate, qualified_name, signature_of
-from .errors import path_join
+from ._targets import INFOS, TargetInfo, describe, fits, target_info
+from .errors import path_join, value_kind
 
 _HYDRA_KEYS = frozenset({"_target_", "_args_", "_partial_", "_recursive_", "_convert_"})
 MAX_DEPTH = 200
@@ -38,8 +36,10 @@ class Node:
         "component",  # the text that, hashed under the parent's key, gives the stream key
         "convert",  # `_convert_: none` here or above: pass OmegaConf containers
         "convert_set",  # the node sets `_convert_` itself (children inherit it)
+        "direct",  # args and kwargs are passed as they are (see settle)
         "dynamic",  # any argument holds a node (needs building)
         "factories",  # kwargs passed as factories (built once per call)
+        "keyless",  # building it needs no stream key of its own (see settle)
         "kwargs",  # keyword arguments, parsed
         "mutable",  # any argument is a list or dict (copied per call)
         "ordinal",  # "#n" for list items: n-th sibling with the same settings
@@ -59,8 +59,17 @@ class Node:
         self.args: list[Any] = []
         self.kwargs: dict[str, Any] = {}
         self.dynamic = self.mutable = self.convert = self.convert_set = False
-        self.seeded = True
+        self.seeded = self.direct = True
+        self.keyless = False
         self.factories: tuple[str, ...] = ()
+
+    def settle(self) -> None:
+        """Derive what construction asks first, once the flags are final: whether the
+        arguments are passed as they are (no block to build, no container to copy or
+        convert, not a partial), and whether the node needs a stream key of its own to be
+        built (it draws or holds blocks)."""
+        self.direct = not (self.dynamic or self.mutable or self.convert or self.partial)
+        self.keyless = not (self.dynamic or self.seeded)
 
 
 @dataclass(eq=False, slots=True)
@@ -68,14 +77,6 @@ class Raw:
     """A value passed through unbuilt (``_recursive_: false``)."""
 
     value: Any
-
-
-def _kind(v: Any) -> str:
-    return "null" if v is None else type(v).__name__ + (f" {v!r}" if _is_scalar(v) else "")
-
-
-def _is_scalar(v: Any) -> bool:
-    return v is None or isinstance(v, (str, int, float, bool))
 
 
 def _digest_value(v: Any) -> str:
@@ -106,9 +107,9 @@ def parse_node(
 ) -> Node:
     """Validate one ``_target_`` node and its subtree; problems are appended, not raised."""
     name = tree["_target_"]
-    info = _INFO.get(name) if type(name) is str else None
+    info = INFOS.get(name) if type(name) is str else None
     if info is None:
-        info = _target_info(name, path, problems)
+        info = target_info(name, path, problems)
         name = name if type(name) is str else info.qualname
     if "_partial_" in tree or "_recursive_" in tree:
         partial = _special_flags(tree, path, problems, partial)
@@ -123,11 +124,14 @@ def parse_node(
     raw_args = tree.get("_args_", ())
     if raw_args:
         raw_args = _parse_args(raw_args, node, parse_value, digest, problems, depth)
-    if info.target is not None:
+    if info.target is not None and (
+        info.factories or not info.sig.fits(len(raw_args), node.kwargs, node.partial)
+    ):
         _check_call(node, info, len(raw_args), problems)
     node.prefix = component
     digest.sort()
     node.component = f"{component}|({','.join(digest)};{info.qualname})"
+    node.settle()
     if "_convert_" in tree:
         _convert_mode(node, tree["_convert_"], problems)
     return node
@@ -145,7 +149,7 @@ def _convert_mode(node: Node, mode: Any, problems: list[tuple[str, str]]) -> Non
     """
     mode = getattr(mode, "value", mode)  # hydra.types.ConvertMode, given from Python
     if not isinstance(mode, str) or mode.lower() not in CONVERT_MODES:
-        expected = f"expected one of {', '.join(CONVERT_MODES)}, got {_kind(mode)}"
+        expected = f"expected one of {', '.join(CONVERT_MODES)}, got {value_kind(mode)}"
         problems.append((path_join(node.path, "_convert_"), expected))
         return
     stack = [node]
@@ -153,6 +157,7 @@ def _convert_mode(node: Node, mode: Any, problems: list[tuple[str, str]]) -> Non
         n = stack.pop()
         if n is node or not n.convert_set:
             n.convert, n.convert_set = mode.lower() == "none", n is node or n.convert_set
+            n.settle()
             stack.extend(_child_nodes([*n.args, *n.kwargs.values()]))
 
 
@@ -175,14 +180,16 @@ def _special_flags(
     """Check ``_partial_`` / ``_recursive_``; returns whether the node is partial."""
     for k in ("_partial_", "_recursive_"):
         if k in tree and not isinstance(tree[k], bool):
-            problems.append((path_join(path, k), f"expected true or false, got {_kind(tree[k])}"))
+            problems.append(
+                (path_join(path, k), f"expected true or false, got {value_kind(tree[k])}")
+            )
     return tree.get("_partial_", partial) is True
 
 
 def _parse_kwargs(
     tree: dict[str, Any],
     node: Node,
-    info: _TargetInfo,
+    info: TargetInfo,
     parse_value: Callable[..., tuple[Any, bool]],
     digest: list[str],
     problems: list[tuple[str, str]],
@@ -195,7 +202,7 @@ def _parse_kwargs(
     types = info.sig.types if info.sig is not None else {}
     kwargs: dict[str, Any] = {}
     for k, v in tree.items():
-        if k not in known and not _plain_key(k, path, problems):
+        if k not in known and (k in _HYDRA_KEYS or not _plain_key(k, path, problems)):
             continue
         if type(v) is dict or type(v) is list:
             v, holds = parse_value(v, f"{path}.{k}", k, problems, depth, None)
@@ -237,10 +244,19 @@ def _parse_args(
     """Fill ``node.args`` from ``_args_``; returns the list parsed (``()`` if not a list)."""
     path = node.path
     if not isinstance(raw_args, list):
-        problems.append((path_join(path, "_args_"), f"expected a list, got {_kind(raw_args)}"))
+        problems.append((path_join(path, "_args_"), f"expected a list, got {value_kind(raw_args)}"))
         return ()
     siblings: dict[str, int] = {}
     for i, v in enumerate(raw_args):
+        if type(v) is dict and "_target_" in v and parse_value is _parse_value:
+            # a block: the hot path of a deep tree, parsed here directly
+            node.args.append(
+                _list_item(
+                    parse_node(v, f"{path}._args_.{i}", "_args_", problems, depth + 1), siblings
+                )
+            )
+            node.dynamic = True
+            continue
         v, holds = parse_value(v, f"{path}._args_.{i}", "_args_", problems, depth, siblings)
         node.dynamic = node.dynamic or holds
         if not holds:
@@ -250,7 +266,7 @@ def _parse_args(
     return raw_args
 
 
-def _check_call(node: Node, info: _TargetInfo, n_args: int, problems: list) -> None:
+def _check_call(node: Node, info: TargetInfo, n_args: int, problems: list) -> None:
     """The arguments fit the target's signature; factory arguments are blocks."""
     path, kwargs = node.path, node.kwargs
     for key, msg in info.sig.problems(node.target_name, n_args, kwargs, node.partial):
@@ -259,67 +275,9 @@ def _check_call(node: Node, info: _TargetInfo, n_args: int, problems: list) -> N
         return
     for f in info.factories:
         if f in kwargs and not isinstance(kwargs[f], Node):
-            got = _kind(kwargs[f])
+            got = value_kind(kwargs[f])
             problems.append((path_join(path, f), f"expected a block with '_target_', got {got}"))
     node.factories = tuple(f for f in info.factories if f in kwargs)
-
-
-class _TargetInfo:
-    """What parsing needs to know of a target, looked up once per ``_target_`` string."""
-
-    __slots__ = ("draws", "factories", "ignore", "known", "qualname", "sig", "target")
-
-    def __init__(self, target: Any, qualname: str) -> None:
-        self.target, self.qualname = target, qualname
-        # Whether constructing it may draw random numbers (else its stream need not be
-        # seeded): only exact classes known to draw nothing, never their subclasses.
-        self.draws = not (
-            target in _DRAW_NOTHING or vars(target).get("_mf_draws_nothing", False)
-            if isinstance(target, type)
-            else False
-        )
-        self.sig = signature_of(target) if target is not None else None
-        self.known = self.sig.name_set if self.sig is not None else frozenset()
-        self.factories: tuple[str, ...] = tuple(getattr(target, "_mf_factories", ()))
-        # Arguments a block declares as not part of its identity (Repeat's ``n``: growing a
-        # stack keeps the values of the copies it already had).
-        self.ignore: tuple[str, ...] = tuple(getattr(target, "_mf_stream_ignore", ()))
-
-
-_INFO: dict[str, _TargetInfo] = {}
-_DRAW_NOTHING = frozenset(
-    getattr(nn, name)
-    for name in [
-        *("ReLU", "ReLU6", "LeakyReLU", "GELU", "SiLU", "Mish", "ELU", "SELU", "CELU", "Tanh"),
-        *("Sigmoid", "Softplus", "Softmax", "LogSoftmax", "Hardtanh", "Hardswish"),
-        *("Hardsigmoid", "Identity", "Flatten", "Unflatten", "Upsample", "AlphaDropout"),
-        *("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "Sequential", "ModuleList"),
-        *("ModuleDict", "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d"),
-        *("AvgPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d"),
-        *("AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AdaptiveMaxPool3d"),
-    ]
-    if hasattr(nn, name)
-)
-
-
-def _target_info(name: Any, path: str, problems: list[tuple[str, str]]) -> _TargetInfo:
-    target_path = path_join(path, "_target_")
-    if callable(name) and not isinstance(name, str):  # a class or function given from Python
-        return _TargetInfo(name, qualified_name(name))
-    if not isinstance(name, str):
-        expected = f"expected a dotted import path string or a callable, got {_kind(name)}"
-        problems.append((target_path, expected))
-        return _TargetInfo(None, str(name))
-    try:
-        target = locate(name)
-    except TargetNotFound as e:
-        problems.append((target_path, f"cannot resolve {name!r}: {e}"))
-        return _TargetInfo(None, name)
-    if not callable(target):
-        problems.append((target_path, f"{name!r} is not callable"))
-        return _TargetInfo(None, name)
-    info = _INFO[name] = _TargetInfo(target, qualified_name(target))
-    return info
 
 
 def _raw(
@@ -350,6 +308,16 @@ def _levels(v: Any, limit: int) -> int:
     return deepest
 
 
+def _list_item(node: Node, siblings: dict[str, int]) -> Node:
+    """``node`` as a list item: named by its settings and its ordinal among identical
+    siblings (counted in ``siblings``), not by its position."""
+    n = siblings.get(node.component, 0)
+    siblings[node.component] = n + 1
+    node.ordinal = f"#{n}"
+    node.component += node.ordinal
+    return node
+
+
 def _parse_value(
     v: Any,
     path: str,
@@ -368,14 +336,7 @@ def _parse_value(
     if type(v) is dict:
         if "_target_" in v:
             node = parse_node(v, path, component, problems, depth + 1)
-            if siblings is not None:
-                # A list item is named by its settings and its ordinal among identical
-                # siblings, not by its position.
-                n = siblings.get(node.component, 0)
-                siblings[node.component] = n + 1
-                node.ordinal = f"#{n}"
-                node.component += node.ordinal
-            return node, True
+            return (node if siblings is None else _list_item(node, siblings)), True
         out, holds = {}, False
         for k, x in v.items():
             out[k], h = _parse_value(

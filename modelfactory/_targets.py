@@ -1,4 +1,5 @@
-"""Resolving ``_target_`` strings to callables, and checking arguments against signatures."""
+"""Resolving ``_target_`` strings to callables, what parsing needs to know of each (its
+signature, whether it draws random numbers), and checking arguments against signatures."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import typing
 from collections.abc import Callable, Collection
 from functools import lru_cache
 from typing import Any
+
+from torch import nn
+
+from .errors import path_join, value_kind
 
 
 class TargetNotFound(Exception):
@@ -115,17 +120,22 @@ class Signature:
         self.name_set, self.required_set = frozenset(names), frozenset(required)
         self.max_positional = float("inf") if var_pos else len(positional)
 
+    def fits(self, n_args: int, kwargs: Collection[str], partial: bool) -> bool:
+        """Whether the arguments surely fit (the usual case, decided by set operations alone;
+        ``False`` may still fit: :meth:`problems` tells)."""
+        keys = kwargs.keys() if isinstance(kwargs, dict) else set(kwargs)
+        return (
+            n_args <= self.max_positional
+            and (self.accepts_var_kw or keys <= self.name_set)
+            and (partial or not self.required_set or (n_args == 0 and keys >= self.required_set))
+        )
+
     def problems(
         self, what: str, n_args: int, kwargs: Collection[str], partial: bool
     ) -> list[tuple[str, str]]:
         """``(key, message)`` for each argument that does not fit; key ``""`` means the node."""
-        keys = kwargs.keys() if isinstance(kwargs, dict) else set(kwargs)
-        if (
-            n_args <= self.max_positional
-            and (self.accepts_var_kw or keys <= self.name_set)
-            and (partial or not self.required_set or (n_args == 0 and keys >= self.required_set))
-        ):
-            return []  # the usual case, decided by set operations alone
+        if self.fits(n_args, kwargs, partial):
+            return []
         kwargs = set(kwargs)
         out = []
         if n_args > self.max_positional:
@@ -225,3 +235,64 @@ def _signature(fn: Callable[..., Any], **how: bool) -> inspect.Signature | None:
 def accepts(fn: Callable[..., Any], name: str) -> bool:
     sig = signature_of(fn)
     return sig.accepts_var_kw or name in sig.names
+
+
+class TargetInfo:
+    """What parsing needs to know of a target, looked up once per ``_target_`` string."""
+
+    __slots__ = ("draws", "factories", "ignore", "known", "qualname", "sig", "target")
+
+    def __init__(self, target: Any, qualname: str) -> None:
+        self.target, self.qualname = target, qualname
+        # Whether constructing it may draw random numbers (else its stream need not be
+        # seeded): only exact classes known to draw nothing, never their subclasses.
+        self.draws = not (
+            target in DRAWS_NOTHING or vars(target).get("_mf_draws_nothing", False)
+            if isinstance(target, type)
+            else False
+        )
+        self.sig = signature_of(target) if target is not None else None
+        self.known = self.sig.name_set if self.sig is not None else frozenset()
+        self.factories: tuple[str, ...] = tuple(getattr(target, "_mf_factories", ()))
+        # Arguments a block declares as not part of its identity (Repeat's ``n``: growing a
+        # stack keeps the values of the copies it already had).
+        self.ignore: tuple[str, ...] = tuple(getattr(target, "_mf_stream_ignore", ()))
+
+
+INFOS: dict[str, TargetInfo] = {}  # by ``_target_`` string: parsing looks here first
+DRAWS_NOTHING = frozenset(
+    getattr(nn, name)
+    for name in [
+        *("ReLU", "ReLU6", "LeakyReLU", "GELU", "SiLU", "Mish", "ELU", "SELU", "CELU", "Tanh"),
+        *("Sigmoid", "Softplus", "Softmax", "LogSoftmax", "Hardtanh", "Hardswish"),
+        *("Hardsigmoid", "Identity", "Flatten", "Unflatten", "Upsample", "AlphaDropout"),
+        *("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "Sequential", "ModuleList"),
+        *("ModuleDict", "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d"),
+        *("AvgPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d"),
+        *("AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AdaptiveMaxPool3d"),
+    ]
+    if hasattr(nn, name)
+)
+
+
+def target_info(name: Any, path: str, problems: list[tuple[str, str]]) -> TargetInfo:
+    """What parsing needs to know of ``_target_`` value ``name`` (at config ``path``); one that
+    does not resolve to a callable has its problem appended and no target. Resolved strings
+    are kept in :data:`INFOS`."""
+    target_path = path_join(path, "_target_")
+    if callable(name) and not isinstance(name, str):  # a class or function given from Python
+        return TargetInfo(name, qualified_name(name))
+    if not isinstance(name, str):
+        expected = f"expected a dotted import path string or a callable, got {value_kind(name)}"
+        problems.append((target_path, expected))
+        return TargetInfo(None, str(name))
+    try:
+        target = locate(name)
+    except TargetNotFound as e:
+        problems.append((target_path, f"cannot resolve {name!r}: {e}"))
+        return TargetInfo(None, name)
+    if not callable(target):
+        problems.append((target_path, f"{name!r} is not callable"))
+        return TargetInfo(None, name)
+    info = INFOS[name] = TargetInfo(target, qualified_name(target))
+    return info

@@ -106,3 +106,9 @@ def path_join(base: str, key: object) -> str:
 def dotted(key: str) -> str:
     """OmegaConf's ``layers[0].out_features`` as validation names it: ``layers.0.out_features``."""
     return re.sub(r"\[([^\]]*)\]", r".\1", key).lstrip(".")
+
+
+def value_kind(v: Any) -> str:
+    """A value as an error names it: ``null``, ``int 3``, ``str 'relu'``, ``list``."""
+    scalar = isinstance(v, (str, int, float, bool))
+    return "null" if v is None else type(v).__name__ + (f" {v!r}" if scalar else "")
