@@ -29,20 +29,21 @@ _NOT_ARGUMENT_ERRORS = (MemoryError, torch.OutOfMemoryError, OSError)
 
 class Built(NamedTuple):
     """One module a config node built: which node, and the stream key it was built under
-    (a tuple: one is made per module built; see :func:`_built`)."""
+    (a tuple: one is made per module built)."""
 
     module: nn.Module
     node: Node
-    key: int
+    stream: int  # the node's own stream key, or (``own`` false) its parent's
+    own: bool
+
+    @property
+    def key(self) -> int:
+        """The node's stream key. A node that draws nothing and holds no block needs none to
+        be built, so its record keeps its parent's and derives its own when asked."""
+        return self.stream if self.own else mix(self.stream, self.node.component)
 
 
 _new_tuple = tuple.__new__
-
-
-def _built(module: nn.Module, node: Node, key: int) -> Built:
-    """``Built(module, node, key)`` without the Python-level ``__new__`` of a NamedTuple
-    (half the cost, once per module of a build)."""
-    return _new_tuple(Built, (module, node, key))
 
 
 @dataclass(eq=False)
@@ -55,9 +56,11 @@ class Context:
     records: list[Built] = field(default_factory=list)
     streams: Streams = field(default_factory=Streams)  # what constructors draw from
     on_meta: bool = field(init=False)  # device is meta (``device.type`` costs ~0.4 us a call)
+    real_device: torch.device | None = field(init=False)  # device, unless meta
 
     def __post_init__(self) -> None:
         self.on_meta = self.device.type == "meta"
+        self.real_device = None if self.on_meta else self.device
 
 
 def record_paths(records: list[Built]) -> dict[int, str]:
@@ -77,38 +80,24 @@ def construct_at(node: Node, key: int, ctx: Context) -> Any:
 
 
 def _build_node(node: Node, parent_key: int, ctx: Context, device: torch.device) -> Any:
+    """Build ``node`` under its parent's stream key."""
+    if node.keyless and not ctx.node_devices:
+        return _build_at(node, parent_key, ctx, device, False)
     return _build_at(node, mix(parent_key, node.component), ctx, device)
 
 
-def _build_at(node: Node, key: int, ctx: Context, device: torch.device) -> Any:
+def _build_at(node: Node, key: int, ctx: Context, device: torch.device, own: bool = True) -> Any:
+    """Build ``node`` under its stream key ``key`` (its parent's when not ``own``: a node that
+    draws nothing and holds no block, built where its parent is)."""
     dev = ctx.node_devices.get(key, device) if ctx.node_devices else device
-    if node.dynamic:
-        # a child node is built here directly: the hot path of a deep tree
-        args = [
-            _build_at(a, mix(key, a.component), ctx, dev)
-            if type(a) is Node
-            else _build_value(a, key, ctx, dev)
-            for a in node.args
-        ]
-        kwargs = {}
-        for name, v in node.kwargs.items():
-            if name in node.factories:
-                kwargs[name] = _factory(v, key, ctx, dev)
-            else:
-                kwargs[name] = _build_value(v, key, ctx, dev)
-    elif node.mutable:
-        args = [_fresh_copy(a) for a in node.args]
-        kwargs = {k: _fresh_copy(v) for k, v in node.kwargs.items()}
-    else:
+    if node.direct and dev is ctx.real_device:  # the hot path: scalars only, no meta
         args, kwargs = node.args, node.kwargs  # immutable scalars: safe to pass as they are
-    if ctx.on_meta if dev is ctx.device else dev.type == "meta":
-        args, kwargs = _kept_on_meta(node, args, kwargs)
-    if node.convert:
-        args, kwargs = _omegaconf_containers(args, kwargs)
-    if node.partial:
-        return functools.partial(node.target, *args, **kwargs)
+    else:
+        args, kwargs = _arguments(node, key, ctx, dev)
+        if node.partial:
+            return functools.partial(node.target, *args, **kwargs)
     try:
-        if ctx.seed_streams and node.seeded:
+        if node.seeded and ctx.seed_streams:
             ctx.streams.seed(dev, key)
         if dev is ctx.device:
             out = node.target(*args, **kwargs)
@@ -123,8 +112,39 @@ def _build_at(node: Node, key: int, ctx: Context, device: torch.device) -> Any:
         error = BuildError if isinstance(e, _NOT_ARGUMENT_ERRORS) else ArgumentError
         raise error(node.path, f"{node.target_name}(...) failed: {type(e).__name__}: {e}") from e
     if isinstance(out, nn.Module):
-        ctx.records.append(_built(out, node, key))
+        # Built(...) without the Python-level __new__ of a NamedTuple: half the cost
+        ctx.records.append(_new_tuple(Built, (out, node, key, own)))
     return out
+
+
+def _arguments(node: Node, key: int, ctx: Context, dev: torch.device) -> tuple[list, dict]:
+    """The arguments of ``node``'s call: blocks built, containers copied, OmegaConf
+    containers for ``_convert_: none``, ``device`` arguments on ``meta`` kept there."""
+    if node.dynamic:
+        args = []
+        for a in node.args:  # the hot loop of a deep tree: _build_node written out
+            if type(a) is not Node:
+                args.append(_build_value(a, key, ctx, dev))
+            elif a.keyless and not ctx.node_devices:
+                args.append(_build_at(a, key, ctx, dev, False))
+            else:
+                args.append(_build_at(a, mix(key, a.component), ctx, dev))
+        kwargs = {}
+        for name, v in node.kwargs.items():
+            if name in node.factories:
+                kwargs[name] = _factory(v, key, ctx, dev)
+            else:
+                kwargs[name] = _build_value(v, key, ctx, dev)
+    elif node.mutable:
+        args = [_fresh_copy(a) for a in node.args]
+        kwargs = {k: _fresh_copy(v) for k, v in node.kwargs.items()}
+    else:
+        args, kwargs = node.args, node.kwargs
+    if ctx.on_meta if dev is ctx.device else dev.type == "meta":
+        args, kwargs = _kept_on_meta(node, args, kwargs)
+    if node.convert:
+        args, kwargs = _omegaconf_containers(args, kwargs)
+    return args, kwargs
 
 
 def _kept_on_meta(node: Node, args: list[Any], kwargs: dict[str, Any]) -> tuple[list, dict]:

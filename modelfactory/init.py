@@ -233,12 +233,13 @@ class _StreamKeys(dict):
     def __init__(self, modules: dict[str, nn.Module], records: Iterable[Built], root: int) -> None:
         super().__init__()
         self.modules, self.root = modules, root
-        self.built = {id(r.module): r.key for r in records}
+        self.built = {id(r.module): r for r in records}  # keys derived when asked
 
     def __missing__(self, mname: str) -> int:
         module = self.modules[mname]
-        if id(module) in self.built:
-            key = self.built[id(module)]
+        record = self.built.get(id(module))
+        if record is not None:
+            key = record.key
         else:
             parent, _, leaf = mname.rpartition(".")
             key = mix(self[parent] if mname else self.root, f"sub/{leaf}")

@@ -137,6 +137,20 @@ def test_appending_prepending_or_reordering_blocks_leaves_others_unchanged(init)
         assert torch.equal(ref[2].bias, other[j].bias)
 
 
+def test_a_block_that_draws_nothing_gets_init_values_from_its_own_stream():
+    # Building such a block needs no stream key, so the build derives it only when init asks;
+    # a device map makes the build derive every key up front: the values must agree.
+    gain = {"_target_": "tests.user_blocks.Gain", "width": 6}
+    rules = {"rules": [{"params": "*gain", "fn": {"_target_": "torch.nn.init.normal_"}}]}
+    model = seq(gain, RELU, gain)
+    plain = mf.build({"model": model, "init": rules})
+    mapped = mf.build({"model": model, "init": rules, "device": {"map": {"0": "cpu"}}})
+    assert not torch.equal(plain[0].gain, torch.ones(6))
+    assert not torch.equal(plain[0].gain, plain[2].gain)  # identical siblings: own streams
+    assert torch.equal(plain[0].gain, mapped[0].gain)
+    assert torch.equal(plain[2].gain, mapped[2].gain)
+
+
 def test_repeat_copies_keep_their_values_when_n_grows():
     def rep(n: int) -> nn.Module:
         return mf.build({"_target_": "modelfactory.blocks.Repeat", "n": n, "block": lin(4, 4)})

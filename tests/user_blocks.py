@@ -76,3 +76,16 @@ class Deferred(nn.Module):
 def twice(layer: nn.Module) -> nn.Module:
     """One module used at two positions (D2L's shared layer): ``net[0] is net[2]``."""
     return nn.Sequential(layer, nn.ReLU(), layer)
+
+
+@build_options(draws=False)
+class Gain(nn.Module):
+    """A block whose constructor draws nothing but which holds a parameter (ones): init
+    rules give it values from its stream key."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gain
