@@ -13,7 +13,7 @@ the streams of the other blocks unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,24 +42,26 @@ class Node:
         "keyless",  # building it needs no stream key of its own (see settle)
         "kwargs",  # keyword arguments, parsed
         "mutable",  # any argument is a list or dict (copied per call)
-        "ordinal",  # "#n" for list items: n-th sibling with the same settings
         "partial",  # `_partial_: true`: the call returns a functools.partial
         "path",  # the config path of the node
-        "prefix",  # where the node hangs under its parent (kwarg or mapping key)
         "seeded",  # re-seed the generator before calling (False: draws nothing)
         "target",  # what to call
         "target_name",  # its dotted name
     )
 
-    def __init__(
-        self, path: str, target: Callable[..., Any], target_name: str, partial: bool = False
-    ) -> None:
-        self.path, self.target, self.target_name, self.partial = path, target, target_name, partial
-        self.component = self.prefix = self.ordinal = ""
-        self.args: list[Any] = []
+    def __init__(self, path: str, info: TargetInfo, target_name: str, partial: bool) -> None:
+        self.path, self.target, self.target_name, self.partial = (
+            path,
+            info.target,
+            target_name,
+            partial,
+        )
+        self.seeded = info.draws
+        self.component = ""
+        self.args: Sequence[Any] = ()  # a list when the node has _args_ (none: no allocation)
         self.kwargs: dict[str, Any] = {}
         self.dynamic = self.mutable = self.convert = self.convert_set = False
-        self.seeded = self.direct = True
+        self.direct = True
         self.keyless = False
         self.factories: tuple[str, ...] = ()
 
@@ -111,14 +113,14 @@ def parse_node(
     if info is None:
         info = target_info(name, path, problems)
         name = name if type(name) is str else info.qualname
+    parse_value = _parse_value
     if "_partial_" in tree or "_recursive_" in tree:
         partial = _special_flags(tree, path, problems, partial)
-    node = Node(path, info.target, name, partial)
-    node.seeded = info.draws
+        parse_value = _parse_value if tree.get("_recursive_", True) is not False else _raw
+    node = Node(path, info, name, partial)
     if depth > MAX_DEPTH:
         problems.append((path, f"config nests deeper than {MAX_DEPTH} levels"))
         return node
-    parse_value = _parse_value if tree.get("_recursive_", True) is not False else _raw
     digest: list[str] = []
     _parse_kwargs(tree, node, info, parse_value, digest, problems, depth)
     raw_args = tree.get("_args_", ())
@@ -128,7 +130,6 @@ def parse_node(
         info.factories or not info.sig.fits(len(raw_args), node.kwargs, node.partial)
     ):
         _check_call(node, info, len(raw_args), problems)
-    node.prefix = component
     digest.sort()
     node.component = f"{component}|({','.join(digest)};{info.qualname})"
     node.settle()
@@ -196,10 +197,7 @@ def _parse_kwargs(
     depth: int,
 ) -> None:
     """Fill ``node.kwargs`` from the tree's keyword arguments (the hot loop of parsing)."""
-    path, name = node.path, node.target_name
-    known = info.known  # argument names of the target: certainly identifiers, not special
-    ignore = info.ignore
-    types = info.sig.types if info.sig is not None else {}
+    path, known, ignore, types = node.path, info.known, info.ignore, info.types
     kwargs: dict[str, Any] = {}
     for k, v in tree.items():
         if k not in known and (k in _HYDRA_KEYS or not _plain_key(k, path, problems)):
@@ -214,7 +212,8 @@ def _parse_kwargs(
             digest.append(f"{k}={_digest_value(v) if type(v) is tuple else repr(v)}")
         t = types.get(k)
         if t is not None and type(v) not in t and not fits(v, t) and not holds_node(v):
-            problems.append((f"{path}.{k}", f"expected {describe(t)} for {name}, got {v!r}"))
+            expected = f"expected {describe(t)} for {node.target_name}, got {v!r}"
+            problems.append((f"{path}.{k}", expected))
         kwargs[k] = v
     node.kwargs = kwargs
 
@@ -247,14 +246,15 @@ def _parse_args(
         problems.append((path_join(path, "_args_"), f"expected a list, got {value_kind(raw_args)}"))
         return ()
     siblings: dict[str, int] = {}
+    node.args = args = []
     for i, v in enumerate(raw_args):
         if type(v) is dict and "_target_" in v and parse_value is _parse_value:
             # a block: the hot path of a deep tree, parsed here directly
-            node.args.append(
-                _list_item(
-                    parse_node(v, f"{path}._args_.{i}", "_args_", problems, depth + 1), siblings
-                )
-            )
+            child = parse_node(v, f"{path}._args_.{i}", "_args_", problems, depth + 1)
+            n = siblings.get(child.component, 0)  # _list_item, written out
+            siblings[child.component] = n + 1
+            child.component += f"#{n}"
+            args.append(child)
             node.dynamic = True
             continue
         v, holds = parse_value(v, f"{path}._args_.{i}", "_args_", problems, depth, siblings)
@@ -262,7 +262,7 @@ def _parse_args(
         if not holds:
             node.mutable = node.mutable or isinstance(v, (list, dict))
             digest.append(_digest_value(v))
-        node.args.append(v)
+        args.append(v)
     return raw_args
 
 
@@ -313,8 +313,7 @@ def _list_item(node: Node, siblings: dict[str, int]) -> Node:
     siblings (counted in ``siblings``), not by its position."""
     n = siblings.get(node.component, 0)
     siblings[node.component] = n + 1
-    node.ordinal = f"#{n}"
-    node.component += node.ordinal
+    node.component += f"#{n}"
     return node
 
 

@@ -240,7 +240,7 @@ def accepts(fn: Callable[..., Any], name: str) -> bool:
 class TargetInfo:
     """What parsing needs to know of a target, looked up once per ``_target_`` string."""
 
-    __slots__ = ("draws", "factories", "ignore", "known", "qualname", "sig", "target")
+    __slots__ = ("draws", "factories", "ignore", "known", "qualname", "sig", "target", "types")
 
     def __init__(self, target: Any, qualname: str) -> None:
         self.target, self.qualname = target, qualname
@@ -252,7 +252,8 @@ class TargetInfo:
             else False
         )
         self.sig = signature_of(target) if target is not None else None
-        self.known = self.sig.name_set if self.sig is not None else frozenset()
+        self.known = self.sig.name_set if self.sig is not None else frozenset()  # identifiers
+        self.types = self.sig.types if self.sig is not None else {}
         self.factories: tuple[str, ...] = tuple(getattr(target, "_mf_factories", ()))
         # Arguments a block declares as not part of its identity (Repeat's ``n``: growing a
         # stack keeps the values of the copies it already had).
