@@ -129,12 +129,14 @@ def _arguments(node: Node, key: int, ctx: Context, dev: torch.device) -> tuple[l
                 args.append(_build_at(a, key, ctx, dev, False))
             else:
                 args.append(_build_at(a, mix(key, a.component), ctx, dev))
-        kwargs = {}
-        for name, v in node.kwargs.items():
-            if name in node.factories:
-                kwargs[name] = _factory(v, key, ctx, dev)
-            else:
-                kwargs[name] = _build_value(v, key, ctx, dev)
+        kwargs = node.kwargs  # none (a Sequential's): passed as it is, a call copies it
+        if kwargs:
+            kwargs = {
+                name: _factory(v, key, ctx, dev)
+                if name in node.factories
+                else _build_value(v, key, ctx, dev)
+                for name, v in kwargs.items()
+            }
     elif node.mutable:
         args = [_fresh_copy(a) for a in node.args]
         kwargs = {k: _fresh_copy(v) for k, v in node.kwargs.items()}

@@ -24,6 +24,9 @@ _HYDRA_KEYS = frozenset({"_target_", "_args_", "_partial_", "_recursive_", "_con
 MAX_DEPTH = 200
 
 
+_UNPARSED: dict[str, Any] = {}  # the keywords of a node too deep to parse (never built)
+
+
 class Node:
     """One ``_target_`` node: what to call and with what.
 
@@ -50,16 +53,14 @@ class Node:
     )
 
     def __init__(self, path: str, info: TargetInfo, target_name: str, partial: bool) -> None:
-        self.path, self.target, self.target_name, self.partial = (
-            path,
-            info.target,
-            target_name,
-            partial,
-        )
+        self.path = path
+        self.target = info.target
+        self.target_name = target_name
+        self.partial = partial
         self.seeded = info.draws
         self.component = ""
         self.args: Sequence[Any] = ()  # a list when the node has _args_ (none: no allocation)
-        self.kwargs: dict[str, Any] = {}
+        self.kwargs: dict[str, Any] = _UNPARSED  # replaced when its keywords are parsed
         self.dynamic = self.mutable = self.convert = self.convert_set = False
         self.direct = True
         self.keyless = False
