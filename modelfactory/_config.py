@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._record import Snapshot
 from ._resolve import model_in_model, resolve
 from .errors import ConfigError, path_join
 
@@ -45,6 +46,17 @@ class BuildConfig:
     # Interpolations that did not resolve (normalize(collect=True)): reported together with
     # the model's own problems, which the values they left as literal text do not add to.
     problems: list[tuple[str, str]] = field(default_factory=list)
+    # normalize(borrow=True) on a config that needed no resolving: ``model`` (and
+    # ``resolved["model"]``) is the caller's own tree, these bytes its snapshot.
+    model_snapshot: bytes | None = None
+
+    def record_config(self) -> dict[str, Any] | Snapshot:
+        """The config a build record keeps: ``resolved``, a private copy; for a borrowed model
+        tree, its snapshot (copied when first read)."""
+        if self.model_snapshot is None:
+            return self.resolved
+        template = {k: v for k, v in self.resolved.items() if k != "model"}
+        return Snapshot({"model": None, **template}, self.model_snapshot)
 
 
 def to_plain(cfg: Any) -> Any:
@@ -59,6 +71,7 @@ def normalize(
     seed: Any = None,
     device: Any = None,
     dtype: Any = None,
+    borrow: bool = False,
 ) -> BuildConfig:
     """Check the top level of a full config (or wrap a bare model node) and fill defaults.
 
@@ -72,22 +85,20 @@ def normalize(
             to be reported with the model's other problems.
         seed, device, dtype: ``build``'s keywords, which replace ``seed``, ``device.device``
             and ``device.dtype`` (unless ``None``) and are checked as those keys are.
+        borrow: see :func:`modelfactory._resolve.resolve`.
     """
-    r = resolve(cfg, collect=collect)
+    r = resolve(cfg, collect=collect, borrow=borrow)
     plain = r.tree
     if isinstance(plain, dict) and "_target_" in plain and "model" not in plain:
         plain = {"model": plain}
     if not isinstance(plain, dict) or "model" not in plain:
-        raise ConfigError(
-            [("", "expected a full config with a 'model' key, or a model node with '_target_'")]
-        )
+        expected = "expected a full config with a 'model' key, or a model node with '_target_'"
+        raise ConfigError([("", expected)])
     plain = _with_keywords(plain, seed, {"device": device, "dtype": dtype})
     problems = model_in_model(plain)
     knobs = {k: v for k, v in r.knobs.items() if k not in BUILD_KEYS}
     knobs.update({k: v for k, v in plain.items() if k in r.used and k not in BUILD_KEYS})
-    defaults = json.loads(json.dumps(DEFAULTS))  # fresh: nothing shared between models
-    given = {k: v for k, v in plain.items() if k in BUILD_KEYS}
-    full = {**defaults, **{k: v for k, v in given.items() if v is not None or k == "input_shape"}}
+    full = _filled(plain)
     seed, shape = full["seed"], full["input_shape"]
     problems += _seed_problems(seed)
     init = _section(full, "init", ("rules",), problems)
@@ -111,7 +122,16 @@ def normalize(
         resolved={k: full[k] for k in BUILD_KEYS if k in full},
         knobs=knobs,
         problems=r.problems,
+        model_snapshot=r.model_snapshot,
     )
+
+
+def _filled(plain: dict[str, Any]) -> dict[str, Any]:
+    """The build keys of ``plain`` over fresh defaults (nothing shared between models); a
+    ``null`` value takes the default, but for ``input_shape``."""
+    given = {k: v for k, v in plain.items() if k in BUILD_KEYS}
+    given = {k: v for k, v in given.items() if v is not None or k == "input_shape"}
+    return {**json.loads(json.dumps(DEFAULTS)), **given}
 
 
 def _seed_problems(seed: Any) -> list[tuple[str, str]]:

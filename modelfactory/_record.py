@@ -8,8 +8,8 @@ No other stage stores state on the model.
 from __future__ import annotations
 
 import copy
+import marshal
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -19,7 +19,19 @@ __all__ = ["BuildRecord", "attach", "config_of", "record_of"]
 _ATTR = "_modelfactory_record"
 
 
-@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """A full config whose model tree is kept as ``marshal`` bytes of plain data, loaded when
+    first read: a build that parsed the caller's own tree copies it only if asked."""
+
+    __slots__ = ("model", "template")
+
+    def __init__(self, template: dict[str, Any], model: bytes) -> None:
+        self.template, self.model = template, model  # template: the config but its model
+
+    def load(self) -> dict[str, Any]:
+        return {**self.template, "model": marshal.loads(self.model)}
+
+
 class BuildRecord:
     """How a model was made.
 
@@ -32,10 +44,25 @@ class BuildRecord:
             already applied in ``config``; kept for people (the checkpoint shows them).
     """
 
-    config: dict[str, Any]
-    ties: list[tuple[str, list[str]]] = field(default_factory=list)
-    paths: Mapping[int, str] = field(default_factory=dict)
-    knobs: Mapping[str, Any] = field(default_factory=dict)
+    __slots__ = ("_config", "knobs", "paths", "ties")
+
+    def __init__(
+        self,
+        config: dict[str, Any] | Snapshot,
+        ties: list[tuple[str, list[str]]] | None = None,
+        paths: Mapping[int, str] | None = None,
+        knobs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._config = config
+        self.ties = ties if ties is not None else []
+        self.paths = paths if paths is not None else {}
+        self.knobs = knobs if knobs is not None else {}
+
+    @property
+    def config(self) -> dict[str, Any]:
+        if type(self._config) is Snapshot:
+            self._config = self._config.load()
+        return self._config
 
 
 def attach(model: nn.Module, record: BuildRecord) -> nn.Module:

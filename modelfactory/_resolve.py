@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import marshal
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,7 +42,8 @@ class Resolved:
     """A config resolved to plain data.
 
     Attributes:
-        tree: the plain, resolved config (a private copy).
+        tree: the plain, resolved config (a private copy; with ``model_snapshot``, its model
+            tree is the caller's own).
         used: top-level keys of the config that its interpolations reference.
         knobs: for a node of a bigger config (``cfg.model``): the values of the root's
             top-level keys that the node's interpolations use.
@@ -51,9 +53,10 @@ class Resolved:
     used: frozenset[str] = frozenset()
     knobs: dict[str, Any] = field(default_factory=dict)
     problems: list[tuple[str, str]] = field(default_factory=list)
+    model_snapshot: bytes | None = None  # borrow=True: the caller's model tree, marshalled
 
 
-def resolve(cfg: Any, *, collect: bool = False) -> Resolved:
+def resolve(cfg: Any, *, collect: bool = False, borrow: bool = False) -> Resolved:
     """Resolve ``cfg`` (any accepted form) to plain data; see the module docstring.
 
     Args:
@@ -61,11 +64,17 @@ def resolve(cfg: Any, *, collect: bool = False) -> Resolved:
         collect: interpolations that do not resolve are returned in ``problems`` (their
             values left as literal text), to be reported with the config's other mistakes,
             instead of raised.
+        borrow: a dict that needs no resolving keeps the caller's own model tree, with a
+            snapshot of it (``model_snapshot``); the caller checks it is plain data
+            (:func:`modelfactory._spec.is_plain`), or falls back to ``borrow=False``.
 
     Raises:
         ConfigError: a file that is not YAML, an interpolation that does not resolve, ``???``
             values, a value that cannot be copied, or an unsupported form; each with its path.
     """
+    r = _borrowed(cfg) if borrow and isinstance(cfg, dict) else None
+    if r is not None:
+        return r
     try:
         r = _resolve(cfg)
     except RecursionError as e:  # OmegaConf and YAML recurse: a config 400 lists deep
@@ -100,9 +109,8 @@ def _resolve(cfg: Any) -> Resolved:
 
 
 def _from_dict(cfg: dict[str, Any]) -> Resolved:
-    # A private copy (the caller may edit their dict after build; the model keeps this
-    # config and save writes it), made through JSON at C speed when it is plain data; the
-    # text also tells whether anything needs OmegaConf (interpolation) or a missing check.
+    # A private copy (the caller may edit their dict after build), through JSON at C speed
+    # when it is plain data; the text also tells whether it needs OmegaConf or a ??? check.
     try:
         # no circularity check (a cycle nests past the recursion limit), no escaping: 1.6x
         text = json.dumps(cfg, check_circular=False, ensure_ascii=False)
@@ -122,6 +130,26 @@ def _from_dict(cfg: dict[str, Any]) -> Resolved:
     if seen[MISSING]:
         _drop_missing(tree, _prefix_of(tree))
     return Resolved(tree)
+
+
+def _borrowed(cfg: dict[str, Any]) -> Resolved | None:
+    """``cfg`` with its own model tree, snapshot by marshal (1/8 of a JSON copy's cost), and
+    a copy of the rest; ``None`` if it needs resolving (``${``, ``???``) or holds objects."""
+    bare = "_target_" in cfg and "model" not in cfg
+    model = cfg if bare else cfg.get("model")
+    if not isinstance(model, dict):
+        return None
+    try:
+        snapshot = marshal.dumps(model)
+        rest = {} if bare else {k: v for k, v in cfg.items() if k != "model"}
+        text = json.dumps(rest, check_circular=False, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):  # objects, or nested past marshal's limit
+        return None
+    if b"${" in snapshot or MISSING.encode() in snapshot or "${" in text or MISSING in text:
+        return None  # (or a string that merely holds them: the general path decides)
+    copied = json.loads(text)  # the rest, in the caller's order:
+    tree = model if bare else {k: model if k == "model" else copied[k] for k in cfg}
+    return Resolved(tree, model_snapshot=snapshot)
 
 
 def _prefix_of(tree: Any) -> str:

@@ -100,6 +100,34 @@ def holds_node(v: Any) -> bool:
     return False
 
 
+_PLAIN = frozenset((str, int, float, bool, type(None)))
+
+
+def is_plain(spec: Node) -> bool:
+    """Whether every value in ``spec`` is JSON's own data: exact ``dict`` (``str`` keys),
+    ``list``, ``str``, ``int``, ``float``, ``bool`` or ``None``; what a config copied through
+    JSON holds (no tuple, no subclass, no other object). Nodes' own keys are identifiers
+    (parsing checks them)."""
+    stack: list[Any] = [spec]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t is Node:
+            stack += v.args
+            stack += v.kwargs.values()
+        elif t is list:
+            stack += v
+        elif t is dict:
+            if any(type(k) is not str for k in v):
+                return False
+            stack += v.values()
+        elif t is Raw:
+            stack.append(v.value)
+        elif t not in _PLAIN:
+            return False
+    return True
+
+
 def parse_node(
     tree: dict[str, Any],
     path: str,

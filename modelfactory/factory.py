@@ -29,7 +29,7 @@ from ._lazy import (
 from ._record import BuildRecord, attach
 from ._sample import sample_input, traced
 from ._seeding import DrawFrom, Streams, borrowed_defaults, may_borrow_defaults, mix, root_key
-from ._spec import Node, parse_node
+from ._spec import Node, is_plain, parse_node
 from .errors import BuildError, ConfigError, DeviceError, TieError
 from .init import Rule, apply_rules, parse_rules
 from .tie import apply_ties, check_ties, resolve_groups, validate_groups
@@ -44,16 +44,38 @@ def build(
 ) -> nn.Module:
     """A model from a config, in this process (:func:`modelfactory.build` is the front door:
     it also builds sharded over a mesh)."""
-    return attach(*_build(configured(cfg, device=device, dtype=dtype, seed=seed)))
+    # The model tree is parsed as the caller gave it when it is plain data, with a snapshot
+    # for the record instead of a private copy made first (1/8 of the cost); anything else,
+    # or a mistake to report, goes through the copy, as for every other entry point.
+    bc = configured(cfg, device=device, dtype=dtype, seed=seed, borrow=True)
+    plan = _borrowed_plan(bc) if bc.model_snapshot is not None else None
+    if bc.model_snapshot is not None and plan is None:
+        bc = configured(cfg, device=device, dtype=dtype, seed=seed)
+    return attach(*_build(bc, plan))
+
+
+def _borrowed_plan(bc: BuildConfig) -> Plan | None:
+    """The plan of a config whose model tree is the caller's own, if it parses without a
+    mistake and holds plain data only (else ``None``: the copy decides)."""
+    try:
+        plan = _plan(bc)
+    except ConfigError:
+        return None
+    return plan if is_plain(plan.spec) else None
 
 
 def configured(
-    cfg: Any, *, device: str | None = None, dtype: str | None = None, seed: int | None = None
+    cfg: Any,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    seed: int | None = None,
+    borrow: bool = False,
 ) -> BuildConfig:
     """The checked config of a build: the keywords are checked as the config keys they
     replace, and interpolations that do not resolve are reported with the model's other
-    problems (when the model is planned)."""
-    bc = normalize(cfg, collect=True, seed=seed, device=device, dtype=dtype)
+    problems (when the model is planned). ``borrow``: see :func:`normalize`."""
+    bc = normalize(cfg, collect=True, seed=seed, device=device, dtype=dtype, borrow=borrow)
     bc.resolved = {
         **bc.resolved,
         "seed": bc.seed,
@@ -174,9 +196,10 @@ def _checked(
         return None
 
 
-def _build(bc: BuildConfig) -> tuple[nn.Module, BuildRecord]:
-    """The whole pipeline; returns the model and its record."""
-    plan = _plan(bc)
+def _build(bc: BuildConfig, plan: Plan | None = None) -> tuple[nn.Module, BuildRecord]:
+    """The whole pipeline (from ``plan``, when ``bc`` is already planned); returns the model
+    and its record."""
+    plan = plan if plan is not None else _plan(bc)
     lazy = bc.input_shape is not None and has_lazy(plan.spec)
     skeleton = _skeleton(plan, bc, lazy) if bc.tie_groups or plan.dmap or lazy else None
     ties = resolve_groups(skeleton[0], bc.tie_groups) if bc.tie_groups else []
@@ -193,7 +216,7 @@ def _build(bc: BuildConfig) -> tuple[nn.Module, BuildRecord]:
     check_ties(model, ties)
     if plan.dmap:
         devices.place_hooks(model, _mapping(model, plan.dmap))
-    return model, BuildRecord(bc.resolved, ties, record_paths(records), bc.knobs)
+    return model, BuildRecord(bc.record_config(), ties, record_paths(records), bc.knobs)
 
 
 def _construct(plan: Plan, bc: BuildConfig, ctx: Context) -> tuple[nn.Module, list[Built]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import pickle
 import sys
 
 import pytest
@@ -127,6 +128,22 @@ def test_input_config_is_not_mutated(mlp_cfg, composed):
     snapshot = OmegaConf.to_container(cfg)
     mf.build(cfg)
     assert OmegaConf.to_container(cfg) == snapshot
+
+
+def test_a_model_keeps_the_config_it_was_built_from_as_json_reads_it():
+    # A plain dict's model tree is parsed as the caller gave it and kept as a snapshot; one
+    # holding what JSON would change (a tuple, an integer key) goes through the JSON copy.
+    cfg = seq(lin(4, 8), RELU)
+    model = mf.build(cfg)
+    cfg["layers"][0]["out_features"] = 99
+    cfg["layers"].append(RELU)
+    assert mf.config_of(model)["model"] == seq(lin(4, 8), RELU)
+    assert mf.config_of(pickle.loads(pickle.dumps(model)))["model"] == seq(lin(4, 8), RELU)
+    conv = {"_target_": "torch.nn.Conv2d", "in_channels": 1, "out_channels": 2}
+    shaped = mf.build({**conv, "kernel_size": (3, 3)})
+    assert mf.config_of(shaped)["model"]["kernel_size"] == [3, 3]
+    keyed = mf.build({"_target_": "tests.user_blocks.Flexible", "width": 2, "table": {1: "a"}})
+    assert keyed.options == {"table": {"1": "a"}}
 
 
 def test_a_target_that_mutates_its_list_argument_cannot_alter_the_spec():
