@@ -29,7 +29,10 @@ class Snapshot:
         self.template, self.model = template, model  # template: the config but its model
 
     def load(self) -> dict[str, Any]:
-        return {**self.template, "model": marshal.loads(self.model)}
+        # Format 4 keeps a subtree used twice as one object; written again in format 2, which
+        # has no references, it is read back as two, as a JSON copy has them.
+        model = marshal.loads(marshal.dumps(marshal.loads(self.model), 2))
+        return {**self.template, "model": model}
 
 
 class BuildRecord:
@@ -63,6 +66,15 @@ class BuildRecord:
         if type(self._config) is Snapshot:
             self._config = self._config.load()
         return self._config
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the state of the dataclass a record was: earlier versions unpickle it, and it takes
+        # every pickle protocol
+        return {"config": self.config, "ties": self.ties, "paths": self.paths, "knobs": self.knobs}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._config = state["config"]
+        self.ties, self.paths, self.knobs = state["ties"], state["paths"], state["knobs"]
 
 
 def attach(model: nn.Module, record: BuildRecord) -> nn.Module:

@@ -110,7 +110,7 @@ def _resolve(cfg: Any) -> Resolved:
 
 def _from_dict(cfg: dict[str, Any]) -> Resolved:
     # A private copy (the caller may edit their dict after build), through JSON at C speed
-    # when it is plain data; the text also tells whether it needs OmegaConf or a ??? check.
+    # when it is plain data; the text tells whether it needs OmegaConf or a ??? check.
     try:
         # no circularity check (a cycle nests past the recursion limit), no escaping: 1.6x
         text = json.dumps(cfg, check_circular=False, ensure_ascii=False)
@@ -133,8 +133,8 @@ def _from_dict(cfg: dict[str, Any]) -> Resolved:
 
 
 def _borrowed(cfg: dict[str, Any]) -> Resolved | None:
-    """``cfg`` with its own model tree, snapshot by marshal (1/8 of a JSON copy's cost), and
-    a copy of the rest; ``None`` if it needs resolving (``${``, ``???``) or holds objects."""
+    """``cfg`` with its own model tree, snapshot by marshal (1/8 of a JSON copy's cost), and a
+    copy of the rest; ``None`` if it needs resolving or marshal refuses it (a tuple it takes)."""
     bare = "_target_" in cfg and "model" not in cfg
     model = cfg if bare else cfg.get("model")
     if not isinstance(model, dict):

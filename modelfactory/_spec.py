@@ -153,7 +153,7 @@ def parse_node(
     digest: list[str] = []
     _parse_kwargs(tree, node, info, parse_value, digest, problems, depth)
     raw_args = tree.get("_args_", ())
-    if raw_args:
+    if raw_args or (type(raw_args) is tuple and "_args_" in tree):  # (): refused, not a list
         raw_args = _parse_args(raw_args, node, parse_value, digest, problems, depth)
     if info.target is not None and (
         info.factories or not info.sig.fits(len(raw_args), node.kwargs, node.partial)

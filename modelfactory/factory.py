@@ -44,9 +44,10 @@ def build(
 ) -> nn.Module:
     """A model from a config, in this process (:func:`modelfactory.build` is the front door:
     it also builds sharded over a mesh)."""
-    # The model tree is parsed as the caller gave it when it is plain data, with a snapshot
-    # for the record instead of a private copy made first (1/8 of the cost); anything else,
-    # or a mistake to report, goes through the copy, as for every other entry point.
+    # The model tree is parsed as the caller gave it, with a snapshot for the record instead
+    # of a private copy made first (1/8 of the cost). Unless it parses cleanly and holds plain
+    # data only, it goes through the copy, as for every other entry point: that reports the
+    # mistakes, and turns what JSON changes (a tuple, an integer key) as before.
     bc = configured(cfg, device=device, dtype=dtype, seed=seed, borrow=True)
     plan = _borrowed_plan(bc) if bc.model_snapshot is not None else None
     if bc.model_snapshot is not None and plan is None:
@@ -59,7 +60,7 @@ def _borrowed_plan(bc: BuildConfig) -> Plan | None:
     mistake and holds plain data only (else ``None``: the copy decides)."""
     try:
         plan = _plan(bc)
-    except ConfigError:
+    except Exception:  # a mistake, or what only the copy makes plain (mixed key types)
         return None
     return plan if is_plain(plan.spec) else None
 

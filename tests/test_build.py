@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.parameter import UninitializedParameter
 
 import modelfactory as mf
-from modelfactory._record import record_of
+from modelfactory._record import BuildRecord, record_of
 from modelfactory.blocks import Residual
 from modelfactory.errors import ArgumentError, BuildError, ConfigError
 
@@ -144,6 +144,31 @@ def test_a_model_keeps_the_config_it_was_built_from_as_json_reads_it():
     assert mf.config_of(shaped)["model"]["kernel_size"] == [3, 3]
     keyed = mf.build({"_target_": "tests.user_blocks.Flexible", "width": 2, "table": {1: "a"}})
     assert keyed.options == {"table": {"1": "a"}}
+    mixed = {"_target_": "tests.user_blocks.Flexible", "width": 2, "table": {1: "a", "b": 2}}
+    assert mf.build(mixed).options == {"table": {"1": "a", "b": 2}}
+    assert mf.config_of(mf.build({**RELU, "_args_": ()}))["model"]["_args_"] == []
+
+
+def test_a_block_used_twice_is_two_blocks_in_the_config_a_model_keeps():
+    block = lin(4, 4)  # one dict object, twice
+    model = mf.build({"_target_": "torch.nn.Sequential", "_args_": [block, RELU, block]})
+    config = mf.config_of(model)
+    config["model"]["_args_"][0]["out_features"] = 8
+    assert config["model"]["_args_"][2]["out_features"] == 4
+
+
+def test_a_build_record_pickles_under_every_protocol_and_as_it_did():
+    model = mf.build(lin(2, 3))
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        assert mf.config_of(pickle.loads(pickle.dumps(model, protocol)))["model"] == lin(2, 3)
+
+    class Earlier:  # what a record pickled as when it was a dataclass
+        def __reduce__(self) -> tuple:
+            state = {"config": {"model": lin(2, 3)}, "ties": [], "paths": {}, "knobs": {}}
+            return object.__new__, (BuildRecord,), state
+
+    earlier = pickle.loads(pickle.dumps(Earlier()))
+    assert earlier.config == {"model": lin(2, 3)} and earlier.ties == []
 
 
 def test_a_target_that_mutates_its_list_argument_cannot_alter_the_spec():
