@@ -327,3 +327,33 @@ def test_a_reader_never_sees_a_mixed_or_partial_checkpoint(tmp_path: Path):
             break
     finish(writer)
     assert seen  # at least one load ran during the overwrites
+
+
+def test_a_read_that_saves_keep_overtaking_is_tried_again_with_saves_held_off(tmp_path: Path):
+    # Under load a writer saving without pause can overtake every attempt at reading one file;
+    # the read is then tried once more holding the directory's shared lock, so that saves
+    # wait to switch files until it is done (CI saw the ten attempts all overtaken).
+    import fcntl
+
+    from modelfactory.checkpoint._atomic import overtaken
+
+    mf.save(
+        mf.build({"_target_": "torch.nn.Linear", "in_features": 2, "out_features": 2}), tmp_path
+    )
+    attempts: list[bool] = []
+
+    def read(file: Path) -> str:
+        fd = os.open(tmp_path, os.O_RDONLY)
+        try:  # does a save's exclusive lock wait now?
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            attempts.append(False)
+        except BlockingIOError:
+            attempts.append(True)
+        finally:
+            os.close(fd)
+        if len(attempts) == 1:
+            raise overtaken(file)
+        return "read"
+
+    assert _files.find_and_read(tmp_path, read)[2] == "read"
+    assert attempts == [False, True]

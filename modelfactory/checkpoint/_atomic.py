@@ -26,6 +26,7 @@ __all__ = [
     "checked_first",
     "identity",
     "missing",
+    "overtaken",
     "read_one_version",
     "regular",
     "remove_orphans",
@@ -34,6 +35,7 @@ __all__ = [
     "temp_for",
     "unchanged",
     "vanished",
+    "was_overtaken",
 ]
 
 # A writer's temporary file is removed by a later save only when its pid is dead here AND it
@@ -155,11 +157,7 @@ def read_one_version(file: Path, read: Callable[[], T]) -> T:
                 continue  # the error may come from the mix: read again
             if unchanged(file, before):
                 return result
-    raise CheckpointError(
-        file,
-        f"it changed while being read, {READ_ATTEMPTS} times in a row: another process keeps "
-        "saving to it; read it once that is done",
-    )
+    raise overtaken(file)
 
 
 def checked_first(
@@ -182,11 +180,7 @@ def checked_first(
         result = rest(header, check(header) if check is not None else None)
         if result is not None:
             return result
-    raise CheckpointError(
-        file,
-        f"it changed while being read, {READ_ATTEMPTS} times in a row: another process keeps "
-        "saving to it; read it once that is done",
-    )
+    raise overtaken(file)
 
 
 def missing(file: Path) -> CheckpointError:
@@ -195,6 +189,26 @@ def missing(file: Path) -> CheckpointError:
     error = CheckpointError(file, "no such checkpoint file")
     error.__cause__ = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(file))
     return error
+
+
+class _SavesKeptLanding(Exception):
+    """The cause of :func:`overtaken`'s error."""
+
+
+def overtaken(file: Path, what: str = "it") -> CheckpointError:
+    """The error for a read of ``file`` that saves overtook ``READ_ATTEMPTS`` times in a row;
+    :func:`was_overtaken` tells it (a reader that can hold saves off tries once more so)."""
+    error = CheckpointError(
+        file,
+        f"{what} changed while being read, {READ_ATTEMPTS} times in a row: another process "
+        "keeps saving to it; read it once that is done",
+    )
+    error.__cause__ = _SavesKeptLanding()
+    return error
+
+
+def was_overtaken(error: CheckpointError) -> bool:
+    return isinstance(error.__cause__, _SavesKeptLanding)
 
 
 def vanished(error: CheckpointError) -> bool:

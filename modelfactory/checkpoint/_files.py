@@ -20,6 +20,7 @@ from ._atomic import (
     missing,
     read_one_version,
     vanished,
+    was_overtaken,
 )
 from ._commit import recover, settled
 from ._config_copy import read_copy
@@ -54,17 +55,20 @@ def find_and_read(
     """``(file, config.yaml copy, read(file))`` for a checkpoint ``path``. In a directory the
     file is found again when a save switched layouts between finding it and reading it
     (one file to shards, or back: the file found is gone, or was when it was opened).
-    Once that has happened twice, saves wait to switch while the file is found and read."""
+    Once that has happened twice, or saves overtook the read of one file again and again,
+    saves wait to switch while the file is found and read."""
+    held = False
     for attempt in range(_UNLOCKED + 1):
-        held = attempt == _UNLOCKED
+        held = held or attempt == _UNLOCKED
         with settled(Path(path)) if held else contextlib.nullcontext():
             file, copy = checkpoint_paths(path)
             try:
                 return file, copy, read(file)
             except CheckpointError as e:
                 gone = vanished(e) or not file.exists()
-                if held or not gone or not Path(path).is_dir():
+                if held or not (gone or was_overtaken(e)) or not Path(path).is_dir():
                     raise
+                held = was_overtaken(e)  # the next attempt holds saves off
     raise AssertionError("unreachable")
 
 

@@ -27,7 +27,7 @@ import torch
 
 from ..errors import CheckpointError
 from . import _format as fmt
-from ._atomic import READ_ATTEMPTS, checked_first, identity, unchanged
+from ._atomic import READ_ATTEMPTS, checked_first, identity, overtaken, unchanged
 from ._commit import JOURNAL, recover
 from ._config_copy import read_copy
 from ._schema import short
@@ -260,11 +260,7 @@ def _read_consistent(index_file: Path, attempt: Callable[[Any], Any]) -> Any:
                 continue
             if unchanged(index_file, before):
                 return result
-    raise CheckpointError(
-        index_file,
-        f"the set changed while being read, {READ_ATTEMPTS} times in a row: another process "
-        "keeps saving to it; read it once that is done",
-    )
+    raise overtaken(index_file, "the set")
 
 
 Check = Callable[[fmt.Header], Any]
