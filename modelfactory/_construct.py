@@ -121,14 +121,10 @@ def _arguments(node: Node, key: int, ctx: Context, dev: torch.device) -> tuple[l
     """The arguments of ``node``'s call: blocks built, containers copied, OmegaConf
     containers for ``_convert_: none``, ``device`` arguments on ``meta`` kept there."""
     if node.dynamic:
-        args = []
-        for a in node.args:  # the hot loop of a deep tree: _build_node written out
-            if type(a) is not Node:
-                args.append(_build_value(a, key, ctx, dev))
-            elif a.keyless and not ctx.node_devices:
-                args.append(_build_at(a, key, ctx, dev, False))
-            else:
-                args.append(_build_at(a, mix(key, a.component), ctx, dev))
+        args = [
+            _build_node(a, key, ctx, dev) if type(a) is Node else _build_value(a, key, ctx, dev)
+            for a in node.args
+        ]
         kwargs = node.kwargs  # none (a Sequential's): passed as it is, a call copies it
         if kwargs:
             kwargs = {

@@ -280,10 +280,7 @@ def _parse_args(
         if type(v) is dict and "_target_" in v and parse_value is _parse_value:
             # a block: the hot path of a deep tree, parsed here directly
             child = parse_node(v, f"{path}._args_.{i}", "_args_", problems, depth + 1)
-            n = siblings.get(child.component, 0)  # _list_item, written out
-            siblings[child.component] = n + 1
-            child.component += f"#{n}"
-            args.append(child)
+            args.append(_list_item(child, siblings))
             node.dynamic = True
             continue
         v, holds = parse_value(v, f"{path}._args_.{i}", "_args_", problems, depth, siblings)
