@@ -55,8 +55,7 @@ class BuildConfig:
         tree, its snapshot (copied when first read)."""
         if self.model_snapshot is None:
             return self.resolved
-        template = {k: v for k, v in self.resolved.items() if k != "model"}
-        return Snapshot({"model": None, **template}, self.model_snapshot)
+        return Snapshot({**self.resolved, "model": None}, self.model_snapshot)  # model: loaded
 
 
 def to_plain(cfg: Any) -> Any:
